@@ -1,0 +1,240 @@
+//! # bit_ttt
+//!
+//! Runs BitNet b1.58 language models (ternary weights, int8 activations) straight from Hugging
+//! Face checkpoints. This file is the safe Rust API; the C ABI in `ffi` wraps exactly this.
+//!
+//! ```no_run
+//! use bit_ttt::{GenerateParams, Model, ModelParams, Session, SessionParams};
+//! let model = Model::load("models/sample", &ModelParams::default())?;
+//! let mut session = Session::new(&model, &SessionParams::default())?;
+//! let result = session.generate("Once upon a time", &GenerateParams::default(), |ev| {
+//!     print!("{}", ev.text);
+//!     true
+//! })?;
+//! println!("\n[{:?}]", result.stop_reason);
+//! # Ok::<(), bit_ttt::Error>(())
+//! ```
+
+pub mod config;
+pub mod error;
+pub mod kernels;
+pub mod loader;
+pub mod model;
+pub mod quant;
+pub mod sampling;
+pub mod session;
+pub mod text;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use config::Config;
+pub use error::{Error, ErrorKind, Result};
+pub use sampling::SamplingParams;
+pub use session::{
+    CancelHandle, GenerateParams, GenerateResult, ScoreResult, Session, SessionParams, StopReason, TokenEvent,
+};
+pub use text::chat::ChatMessage;
+pub use text::tokenizer::TokenId;
+
+use model::forward::Transformer;
+use text::tokenizer::Tokenizer;
+
+/// Options for loading a model.
+#[derive(Debug, Clone, Default)]
+pub struct ModelParams {
+    /// Worker threads for this model's compute; 0 = one per available core.
+    pub n_threads: usize,
+}
+
+/// Size and shape of a loaded model, as reported by `bit-ttt info`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelInfo {
+    pub family: config::Family,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub vocab_size: usize,
+    pub max_position_embeddings: usize,
+    /// Every parameter (embedding, norms, projections, and an untied head).
+    pub n_params: u64,
+    /// Parameters held as ternary values.
+    pub n_ternary_params: u64,
+    /// Bytes of weights as held by the engine (mapped or owned).
+    pub weight_bytes: u64,
+    /// Bytes the same parameters take in FP16.
+    pub fp16_bytes: u64,
+}
+
+struct ModelInner {
+    transformer: Transformer,
+    tokenizer: Tokenizer,
+    stop_tokens: Vec<TokenId>,
+    bos_token: Option<String>,
+    eos_token: Option<String>,
+    dir: PathBuf,
+    pool: rayon::ThreadPool,
+}
+
+/// A loaded model: immutable, cheap to clone (reference counted), shareable across threads and
+/// sessions.
+#[derive(Clone)]
+pub struct Model(Arc<ModelInner>);
+
+fn ids_from_generation_config(dir: &Path) -> Result<Vec<TokenId>> {
+    let path = dir.join("generation_config.json");
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, &e))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::invalid_model(format!("{}: {e}", path.display())))?;
+    Ok(match v.get("eos_token_id") {
+        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+        Some(x) => x.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        None => Vec::new(),
+    })
+}
+
+impl Model {
+    /// Loads a Hugging Face model folder (config.json, safetensors, tokenizer.json).
+    pub fn load(path: impl AsRef<Path>, params: &ModelParams) -> Result<Model> {
+        let dir = path.as_ref();
+        let weights = loader::load_weights(dir)?;
+        let tokenizer = Tokenizer::from_dir(dir)?;
+        let cfg = &weights.config;
+        if tokenizer.vocab_size() > cfg.vocab_size {
+            return Err(Error::invalid_model(format!(
+                "{}: tokenizer has {} tokens but the model's vocab_size is {}",
+                dir.display(),
+                tokenizer.vocab_size(),
+                cfg.vocab_size
+            )));
+        }
+        // End of generation: the config's EOS ids, generation_config's, and the tokenizer's eos.
+        let mut stop_tokens = cfg.eos_token_ids.clone();
+        stop_tokens.extend(ids_from_generation_config(dir)?);
+        if let Some(id) = tokenizer.eos_token.as_deref().and_then(|t| tokenizer.token_to_id(t)) {
+            stop_tokens.push(id);
+        }
+        stop_tokens.sort_unstable();
+        stop_tokens.dedup();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(params.n_threads)
+            .thread_name(|i| format!("bit-ttt-{i}"))
+            .build()
+            .map_err(|e| Error::internal(format!("thread pool: {e}")))?;
+        Ok(Model(Arc::new(ModelInner {
+            bos_token: tokenizer.bos_token.clone(),
+            eos_token: tokenizer.eos_token.clone(),
+            transformer: Transformer::new(weights),
+            tokenizer,
+            stop_tokens,
+            dir: dir.to_path_buf(),
+            pool,
+        })))
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.0.transformer.weights.config
+    }
+    /// The folder the model was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.0.dir
+    }
+    /// Token ids that end generation (EOS / EOT from the configs).
+    pub fn stop_tokens(&self) -> &[TokenId] {
+        &self.0.stop_tokens
+    }
+    /// Number of worker threads the model computes with.
+    pub fn n_threads(&self) -> usize {
+        self.0.pool.current_num_threads()
+    }
+
+    /// Token ids of `text`; `add_special` adds what the tokenizer adds by default (BOS).
+    pub fn tokenize(&self, text: &str, add_special: bool) -> Result<Vec<TokenId>> {
+        self.0.tokenizer.encode(text, add_special)
+    }
+    /// Text of `ids`, special tokens left out.
+    pub fn detokenize(&self, ids: &[TokenId]) -> Result<String> {
+        self.0.tokenizer.decode(ids, true)
+    }
+    pub fn token_to_id(&self, token: &str) -> Option<TokenId> {
+        self.0.tokenizer.token_to_id(token)
+    }
+
+    /// Renders the model's chat template (from tokenizer_config.json).
+    pub fn apply_chat_template(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        let t = &self.0.tokenizer;
+        let template = t
+            .chat_template
+            .as_deref()
+            .ok_or_else(|| Error::unsupported(format!("{}: the model has no chat template", self.0.dir.display())))?;
+        let mut special: Vec<(String, String)> = t.extra_special.clone();
+        if let Some(b) = &self.0.bos_token {
+            special.push(("bos_token".into(), b.clone()));
+        }
+        if let Some(e) = &self.0.eos_token {
+            special.push(("eos_token".into(), e.clone()));
+        }
+        text::chat::render(template, messages, add_generation_prompt, &special)
+    }
+
+    /// Architecture, parameter counts and memory, measured from the loaded tensors.
+    pub fn info(&self) -> ModelInfo {
+        let w = &self.0.transformer.weights;
+        let c = &w.config;
+        let mut n_params = (w.embed.rows * w.embed.cols + w.final_norm.len()) as u64;
+        let mut n_ternary = 0u64;
+        let mut bytes = (w.embed.bytes() + w.final_norm.len() * 4) as u64;
+        for l in &w.layers {
+            let norms = [&l.input_norm, &l.post_attention_norm]
+                .into_iter()
+                .chain(l.attn_sub_norm.as_ref())
+                .chain(l.ffn_sub_norm.as_ref());
+            for n in norms {
+                n_params += n.len() as u64;
+                bytes += (n.len() * 4) as u64;
+            }
+            for lin in l.linears() {
+                let n = (lin.rows() * lin.cols()) as u64;
+                n_params += n;
+                bytes += lin.bytes() as u64;
+                if matches!(lin, model::linear::Linear::Ternary(_)) {
+                    n_ternary += n;
+                }
+            }
+        }
+        if let Some(h) = &w.lm_head {
+            n_params += (h.rows * h.cols) as u64;
+            bytes += h.bytes() as u64;
+        }
+        ModelInfo {
+            family: c.family,
+            hidden_size: c.hidden_size,
+            intermediate_size: c.intermediate_size,
+            num_layers: c.num_layers,
+            num_heads: c.num_heads,
+            num_kv_heads: c.num_kv_heads,
+            vocab_size: c.vocab_size,
+            max_position_embeddings: c.max_position_embeddings,
+            n_params,
+            n_ternary_params: n_ternary,
+            weight_bytes: bytes,
+            fp16_bytes: n_params * 2,
+        }
+    }
+
+    pub(crate) fn transformer(&self) -> &Transformer {
+        &self.0.transformer
+    }
+    pub(crate) fn tokenizer(&self) -> &Tokenizer {
+        &self.0.tokenizer
+    }
+    /// Runs `f` on the model's worker pool.
+    pub(crate) fn compute<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.0.pool.install(f)
+    }
+}

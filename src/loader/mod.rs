@@ -1,0 +1,192 @@
+//! Reading a Hugging Face model folder: config.json, the safetensors file(s), and turning HF
+//! tensors into the engine's weights (ternary weights in every published encoding).
+
+pub mod bytes;
+pub mod safetensors;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use crate::config::{Config, Family, LinearClass, QuantMode};
+use crate::error::{Error, Result};
+use crate::model::linear::{FloatMatrix, Linear, TernaryMatrix};
+use crate::model::{LayerWeights, Weights};
+use crate::quant;
+use bytes::Bytes;
+use safetensors::{DType, Tensor, TensorStore};
+
+/// The safetensors files of a model folder: `model.safetensors.index.json` shards, or
+/// `model.safetensors`.
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, &e))?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::invalid_model(format!("{}: {e}", index.display())))?;
+        let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
+            Error::invalid_model(format!("{}: no `weight_map` object", index.display()))
+        })?;
+        let mut files = BTreeSet::new();
+        for (tensor, file) in map {
+            let file = file.as_str().ok_or_else(|| {
+                Error::invalid_model(format!("{}: file of `{tensor}` is not a string", index.display()))
+            })?;
+            if file.contains('/') || file.contains('\\') || file == ".." {
+                return Err(Error::invalid_model(format!(
+                    "{}: shard name `{file}` leaves the model folder",
+                    index.display()
+                )));
+            }
+            files.insert(file.to_string());
+        }
+        return Ok(files.into_iter().map(|f| dir.join(f)).collect());
+    }
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        return Ok(vec![single]);
+    }
+    Err(Error::new(
+        crate::ErrorKind::Io,
+        format!("{}: no model.safetensors or model.safetensors.index.json", dir.display()),
+    ))
+}
+
+/// Loads config and weights from a model folder; weights stay memory-mapped where their format
+/// allows it.
+pub fn load_weights(dir: &Path) -> Result<Weights> {
+    if !dir.is_dir() {
+        return Err(Error::new(crate::ErrorKind::Io, format!("{}: not a model folder", dir.display())));
+    }
+    let config = Config::from_file(&dir.join("config.json"))?;
+    let mut store = TensorStore::default();
+    for file in weight_files(dir)? {
+        store.add_file(&file)?;
+    }
+    build_weights(config, &store)
+}
+
+fn float_vector(store: &TensorStore, name: &str, len: usize) -> Result<Vec<f32>> {
+    let t = store.require(name)?;
+    t.expect_shape(&[len])?;
+    t.to_f32()
+}
+
+fn float_matrix(t: &Tensor, rows: usize, cols: usize) -> Result<FloatMatrix> {
+    if !t.dtype.is_float() {
+        return Err(t.error(format!("dtype {:?}, expected a float type", t.dtype)));
+    }
+    t.expect_shape(&[rows, cols])?;
+    Ok(FloatMatrix { rows, cols, dtype: t.dtype, data: t.data.clone() })
+}
+
+/// Matches transformers' `modules_to_not_convert` (a module name or a suffix of one).
+fn kept_in_float(cfg: &Config, module: &str) -> bool {
+    cfg.modules_to_not_convert
+        .iter()
+        .any(|m| module == m || module.ends_with(&format!(".{m}")) || module.starts_with(&format!("{m}.")))
+}
+
+/// γ from the checkpoint's `weight_scale` under the config's linear class.
+fn gamma_from_scale(store: &TensorStore, module: &str, class: LinearClass) -> Result<f32> {
+    let t = store.require(&format!("{module}.weight_scale"))?;
+    if t.numel() != 1 {
+        return Err(t.error(format!("shape {:?}, expected one value", t.shape)));
+    }
+    let ws = t.to_f32()?[0];
+    if !(ws.is_finite() && ws > 0.0) {
+        return Err(t.error(format!("value {ws} is not a positive scale")));
+    }
+    Ok(match class {
+        LinearClass::AutoBitLinear => ws,
+        LinearClass::BitLinear => 1.0 / ws,
+    })
+}
+
+fn load_linear(store: &TensorStore, cfg: &Config, module: &str, rows: usize, cols: usize) -> Result<Linear> {
+    let t = store.require(&format!("{module}.weight"))?;
+    if kept_in_float(cfg, module) {
+        return Ok(Linear::Dense(float_matrix(t, rows, cols)?));
+    }
+    let ternary = |packed: Bytes, gamma: f32| Linear::Ternary(TernaryMatrix { rows, cols, packed, gamma });
+    match (t.dtype, cfg.quant_mode) {
+        (DType::U8 | DType::I8, QuantMode::Offline) => {
+            t.expect_shape(&[quant::packed_rows(rows), cols])?;
+            if let Some((i, b)) = t.data.iter().enumerate().find(|(_, b)| (0..4).any(|k| (*b >> (2 * k)) & 3 == 3)) {
+                return Err(t.error(format!("byte {i} (0x{b:02x}) holds the invalid 2-bit code 3")));
+            }
+            Ok(ternary(t.data.clone(), gamma_from_scale(store, module, cfg.linear_class)?))
+        }
+        (DType::U8 | DType::I8, QuantMode::Online) => Err(t.error(
+            "packed ternary weights, but quantization_mode is `online` (which expects latent float weights)",
+        )),
+        (_, QuantMode::Offline) => {
+            t.expect_shape(&[rows, cols])?;
+            let values = t.to_f32()?;
+            let mut tern = Vec::with_capacity(values.len());
+            for (i, &v) in values.iter().enumerate() {
+                if v != -1.0 && v != 0.0 && v != 1.0 {
+                    return Err(t.error(format!(
+                        "value {v} at [{}, {}] is not ternary (latent weights need quantization_mode `online`)",
+                        i / cols,
+                        i % cols
+                    )));
+                }
+                tern.push(v as i8);
+            }
+            let packed = quant::pack_ternary(&tern, rows, cols);
+            Ok(ternary(Bytes::owned(packed), gamma_from_scale(store, module, cfg.linear_class)?))
+        }
+        (_, QuantMode::Online) => {
+            t.expect_shape(&[rows, cols])?;
+            let values = t.to_f32()?;
+            if let Some(v) = values.iter().find(|v| !v.is_finite()) {
+                return Err(t.error(format!("holds the non-finite value {v}")));
+            }
+            let (tern, gamma) = quant::absmean_ternarize(&values);
+            Ok(ternary(Bytes::owned(quant::pack_ternary(&tern, rows, cols)), gamma))
+        }
+    }
+}
+
+/// Builds the engine's weights from a checkpoint's tensors, checking every name and shape.
+pub fn build_weights(config: Config, store: &TensorStore) -> Result<Weights> {
+    let c = &config;
+    let (h, ffn) = (c.hidden_size, c.intermediate_size);
+    // The 2B4T attention sub-norm normalises the concatenated heads (q_dim wide).
+    if c.family == Family::BitNet && c.q_dim() != h {
+        return Err(Error::unsupported(format!(
+            "num_attention_heads × head_dim ({}) differs from hidden_size ({h})",
+            c.q_dim()
+        )));
+    }
+    let embed = float_matrix(store.require("model.embed_tokens.weight")?, c.vocab_size, h)?;
+    let mut layers = Vec::with_capacity(c.num_layers);
+    for i in 0..c.num_layers {
+        let p = format!("model.layers.{i}");
+        let lin = |m: &str, rows, cols| load_linear(store, c, &format!("{p}.{m}"), rows, cols);
+        let sub = |name: &str, len| match c.family {
+            Family::BitNet => float_vector(store, &format!("{p}.{name}.weight"), len).map(Some),
+            Family::Llama => Ok(None),
+        };
+        layers.push(LayerWeights {
+            input_norm: float_vector(store, &format!("{p}.input_layernorm.weight"), h)?,
+            post_attention_norm: float_vector(store, &format!("{p}.post_attention_layernorm.weight"), h)?,
+            attn_sub_norm: sub("self_attn.attn_sub_norm", h)?,
+            ffn_sub_norm: sub("mlp.ffn_sub_norm", ffn)?,
+            q: lin("self_attn.q_proj", c.q_dim(), h)?,
+            k: lin("self_attn.k_proj", c.kv_dim(), h)?,
+            v: lin("self_attn.v_proj", c.kv_dim(), h)?,
+            o: lin("self_attn.o_proj", h, c.q_dim())?,
+            gate: lin("mlp.gate_proj", ffn, h)?,
+            up: lin("mlp.up_proj", ffn, h)?,
+            down: lin("mlp.down_proj", h, ffn)?,
+        });
+    }
+    let final_norm = float_vector(store, "model.norm.weight", h)?;
+    let lm_head = if c.tie_word_embeddings {
+        None
+    } else {
+        Some(float_matrix(store.require("lm_head.weight")?, c.vocab_size, h)?)
+    };
+    Ok(Weights { config, embed, layers, final_norm, lm_head })
+}

@@ -1,0 +1,151 @@
+//! The forward pass: embeddings → blocks (causal GQA attention with a KV cache, GLU feed-forward)
+//! → final norm → output head. A prompt is processed as one batch of tokens.
+
+use super::Weights;
+use super::kv_cache::KvCache;
+use super::linear::{Activations, Linear};
+use super::rope::Rope;
+use crate::config::Activation;
+use crate::error::{Error, Result};
+use crate::kernels::scalar;
+
+/// The model with the tables its forward pass needs.
+pub struct Transformer {
+    pub weights: Weights,
+    rope: Rope,
+}
+
+fn linear_out(l: &Linear, input: &Activations) -> Vec<f32> {
+    let mut out = vec![0.0; input.n_tok * l.rows()];
+    l.forward(input, &mut out);
+    out
+}
+
+fn norm_rows(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+    let mut out = vec![0.0; x.len()];
+    for (xr, or) in x.chunks_exact(w.len()).zip(out.chunks_exact_mut(w.len())) {
+        scalar::rms_norm(xr, w, eps, or);
+    }
+    out
+}
+
+impl Transformer {
+    pub fn new(weights: Weights) -> Self {
+        let rope = Rope::new(&weights.config);
+        Self { weights, rope }
+    }
+
+    /// Runs `tokens` at positions `cache.len()..`, appends their keys and values to the cache
+    /// and returns the final-normed hidden states `[tokens.len(), hidden]`.
+    pub fn forward(&self, cache: &mut KvCache, tokens: &[u32]) -> Result<Vec<f32>> {
+        let cfg = &self.weights.config;
+        let hidden = cfg.hidden_size;
+        let n = tokens.len();
+        if n == 0 {
+            return Err(Error::invalid_argument("forward: no tokens"));
+        }
+        if cache.len() + n > cache.capacity() {
+            return Err(Error::new(
+                crate::ErrorKind::ContextFull,
+                format!("{} tokens after {} do not fit in a context of {}", n, cache.len(), cache.capacity()),
+            ));
+        }
+        let mut x = vec![0.0f32; n * hidden];
+        for (t, row) in tokens.iter().zip(x.chunks_exact_mut(hidden)) {
+            if *t as usize >= cfg.vocab_size {
+                return Err(Error::invalid_argument(format!(
+                    "token id {t} is outside the vocabulary ({})",
+                    cfg.vocab_size
+                )));
+            }
+            self.weights.embed.row_into(*t as usize, row);
+        }
+        for (li, layer) in self.weights.layers.iter().enumerate() {
+            // Attention.
+            let h = norm_rows(&x, &layer.input_norm, cfg.rms_norm_eps);
+            let h_in = Activations::new(&h, n);
+            let mut q = linear_out(&layer.q, &h_in);
+            let mut k = linear_out(&layer.k, &h_in);
+            let v = linear_out(&layer.v, &h_in);
+            self.apply_rope(&mut q, &mut k, cache.len());
+            cache.k[li].extend_from_slice(&k);
+            cache.v[li].extend_from_slice(&v);
+            let mut a = self.attention(&q, &cache.k[li], &cache.v[li], cache.len(), n);
+            if let Some(w) = &layer.attn_sub_norm {
+                a = norm_rows(&a, w, cfg.rms_norm_eps);
+            }
+            let o = linear_out(&layer.o, &Activations::new(&a, n));
+            x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
+
+            // Feed-forward.
+            let h2 = norm_rows(&x, &layer.post_attention_norm, cfg.rms_norm_eps);
+            let h2_in = Activations::new(&h2, n);
+            let gate = linear_out(&layer.gate, &h2_in);
+            let up = linear_out(&layer.up, &h2_in);
+            let mut m: Vec<f32> = gate
+                .iter()
+                .zip(&up)
+                .map(|(&g, &u)| match cfg.activation {
+                    Activation::Relu2 => {
+                        let r = g.max(0.0);
+                        r * r * u
+                    }
+                    Activation::Silu => g / (1.0 + (-g).exp()) * u,
+                })
+                .collect();
+            if let Some(w) = &layer.ffn_sub_norm {
+                m = norm_rows(&m, w, cfg.rms_norm_eps);
+            }
+            let d = linear_out(&layer.down, &Activations::new(&m, n));
+            x.iter_mut().zip(&d).for_each(|(x, d)| *x += d);
+        }
+        cache.advance(n);
+        Ok(norm_rows(&x, &self.weights.final_norm, cfg.rms_norm_eps))
+    }
+
+    /// Logits `[n_tok, vocab]` for final-normed hidden states.
+    pub fn logits(&self, hidden_states: &[f32]) -> Vec<f32> {
+        let head = self.weights.head();
+        let n_tok = hidden_states.len() / head.cols;
+        let mut out = vec![0.0; n_tok * head.rows];
+        scalar::dense_gemm(head.rows, head.cols, |r, buf| head.row_into(r, buf), hidden_states, n_tok, &mut out);
+        out
+    }
+
+    fn apply_rope(&self, q: &mut [f32], k: &mut [f32], start: usize) {
+        let cfg = &self.weights.config;
+        let d = cfg.head_dim;
+        let mut cos = vec![0.0; self.rope.half_dim()];
+        let mut sin = vec![0.0; self.rope.half_dim()];
+        for (t, (qt, kt)) in q.chunks_exact_mut(cfg.q_dim()).zip(k.chunks_exact_mut(cfg.kv_dim())).enumerate() {
+            self.rope.cos_sin(start + t, &mut cos, &mut sin);
+            qt.chunks_exact_mut(d).for_each(|h| scalar::rope_half_split(h, &cos, &sin));
+            kt.chunks_exact_mut(d).for_each(|h| scalar::rope_half_split(h, &cos, &sin));
+        }
+    }
+
+    /// Causal GQA attention for `n` new queries whose keys are the last `n` of `past + n`.
+    fn attention(&self, q: &[f32], k: &[f32], v: &[f32], past: usize, n: usize) -> Vec<f32> {
+        let cfg = &self.weights.config;
+        let (d, kv_dim, group) = (cfg.head_dim, cfg.kv_dim(), cfg.num_heads / cfg.num_kv_heads);
+        let scale = 1.0 / (d as f32).sqrt();
+        let mut out = vec![0.0f32; n * cfg.q_dim()];
+        let mut scores = Vec::with_capacity(past + n);
+        for t in 0..n {
+            let visible = past + t + 1;
+            for h in 0..cfg.num_heads {
+                let kvh = h / group;
+                let qh = &q[t * cfg.q_dim() + h * d..][..d];
+                scores.clear();
+                scores.extend((0..visible).map(|j| scalar::dot(qh, &k[j * kv_dim + kvh * d..][..d]) * scale));
+                scalar::softmax(&mut scores);
+                let oh = &mut out[t * cfg.q_dim() + h * d..][..d];
+                for (j, &p) in scores.iter().enumerate() {
+                    let vj = &v[j * kv_dim + kvh * d..][..d];
+                    oh.iter_mut().zip(vj).for_each(|(o, &x)| *o += p * x);
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,138 @@
+//! Linear layers: ternary BitLinear (W1.58 A8, exact integer products) and dense float
+//! (the output head and any module transformers leaves unquantised).
+
+use std::cell::OnceCell;
+
+use crate::kernels::scalar;
+use crate::loader::bytes::Bytes;
+use crate::loader::safetensors::DType;
+use crate::quant;
+
+/// A dense `[rows, cols]` matrix stored as f32, f16 or bf16 bytes (often memory-mapped).
+#[derive(Debug, Clone)]
+pub struct FloatMatrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub dtype: DType,
+    pub data: Bytes,
+}
+
+impl FloatMatrix {
+    /// Decodes row `r` into `out` as f32.
+    pub fn row_into(&self, r: usize, out: &mut [f32]) {
+        let size = self.dtype.size();
+        let bytes = &self.data[r * self.cols * size..(r + 1) * self.cols * size];
+        match self.dtype {
+            DType::F32 => {
+                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                    *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+            }
+            DType::BF16 => {
+                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *o = half::bf16::from_le_bytes([c[0], c[1]]).to_f32();
+                }
+            }
+            DType::F16 => {
+                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *o = half::f16::from_le_bytes([c[0], c[1]]).to_f32();
+                }
+            }
+            DType::U8 | DType::I8 => unreachable!("FloatMatrix is built only from float tensors"),
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.data.len()
+    }
+}
+
+/// A ternary matrix in the Hugging Face packed layout with its per-tensor scale γ.
+#[derive(Debug, Clone)]
+pub struct TernaryMatrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub packed: Bytes,
+    /// Output = acc · γ / s; `weight_scale` already turned into γ by the loader.
+    pub gamma: f32,
+}
+
+/// One projection of a transformer block.
+#[derive(Debug, Clone)]
+pub enum Linear {
+    Ternary(TernaryMatrix),
+    Dense(FloatMatrix),
+}
+
+/// Input rows of a linear layer, quantised to int8 at most once however many layers read it
+/// (Q/K/V share one quantisation, gate/up another).
+pub struct Activations<'a> {
+    pub x: &'a [f32],
+    pub n_tok: usize,
+    pub cols: usize,
+    quantized: OnceCell<(Vec<i8>, Vec<f32>)>,
+}
+
+impl<'a> Activations<'a> {
+    pub fn new(x: &'a [f32], n_tok: usize) -> Self {
+        assert!(n_tok > 0 && x.len() % n_tok == 0);
+        Self { x, n_tok, cols: x.len() / n_tok, quantized: OnceCell::new() }
+    }
+
+    /// Per-token int8 values and scales s.
+    pub fn quantized(&self) -> &(Vec<i8>, Vec<f32>) {
+        self.quantized.get_or_init(|| {
+            let mut q = vec![0i8; self.x.len()];
+            let s = self
+                .x
+                .chunks_exact(self.cols)
+                .zip(q.chunks_exact_mut(self.cols))
+                .map(|(x, q)| quant::quantize_activations(x, q))
+                .collect();
+            (q, s)
+        })
+    }
+}
+
+impl Linear {
+    pub fn rows(&self) -> usize {
+        match self {
+            Linear::Ternary(t) => t.rows,
+            Linear::Dense(d) => d.rows,
+        }
+    }
+    pub fn cols(&self) -> usize {
+        match self {
+            Linear::Ternary(t) => t.cols,
+            Linear::Dense(d) => d.cols,
+        }
+    }
+    /// Bytes of weights as held in memory.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Linear::Ternary(t) => t.packed.len() + 4,
+            Linear::Dense(d) => d.bytes(),
+        }
+    }
+
+    /// `out[t] = W · x[t]` for every input row; `out` is `[n_tok, rows]`.
+    pub fn forward(&self, input: &Activations, out: &mut [f32]) {
+        assert_eq!(input.cols, self.cols(), "linear input width");
+        match self {
+            Linear::Ternary(w) => {
+                let (q, s) = input.quantized();
+                let mut acc = vec![0i32; input.n_tok * w.rows];
+                scalar::ternary_gemm(&w.packed, w.rows, w.cols, q, input.n_tok, &mut acc);
+                for ((o_row, a_row), &s_t) in out.chunks_exact_mut(w.rows).zip(acc.chunks_exact(w.rows)).zip(s) {
+                    let scale = w.gamma / s_t;
+                    for (o, &a) in o_row.iter_mut().zip(a_row) {
+                        *o = a as f32 * scale;
+                    }
+                }
+            }
+            Linear::Dense(w) => {
+                scalar::dense_gemm(w.rows, w.cols, |r, buf| w.row_into(r, buf), input.x, input.n_tok, out)
+            }
+        }
+    }
+}

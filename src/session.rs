@@ -1,0 +1,410 @@
+//! A conversation with a model: its KV cache, the tokens in context, the sampler's RNG, and the
+//! generation loop (prefill in chunks, decode, stop tokens and strings, cancellation).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::model::kv_cache::KvCache;
+use crate::sampling::{self, Rng, SamplingParams};
+use crate::text::stop::StopMatcher;
+use crate::text::stream::Detokenizer;
+use crate::{Model, TokenId};
+
+/// Options for a session.
+#[derive(Debug, Clone)]
+pub struct SessionParams {
+    /// Context length in tokens; 0 = the model's max_position_embeddings.
+    pub n_ctx: usize,
+    /// Prompt tokens processed per forward pass (and per cancellation check).
+    pub n_batch: usize,
+}
+
+impl Default for SessionParams {
+    fn default() -> Self {
+        Self { n_ctx: 0, n_batch: 512 }
+    }
+}
+
+/// Options for one `generate` call.
+#[derive(Debug, Clone)]
+pub struct GenerateParams {
+    pub sampling: SamplingParams,
+    /// Most tokens to generate; 0 = until the context is full.
+    pub max_tokens: usize,
+    /// Generation stops before any of these strings; they are never emitted.
+    pub stop: Vec<String>,
+    /// Extra token ids that end generation (besides the model's EOS/EOT).
+    pub stop_tokens: Vec<TokenId>,
+    /// Keep going past the model's EOS/EOT tokens.
+    pub ignore_eos: bool,
+}
+
+impl Default for GenerateParams {
+    fn default() -> Self {
+        Self {
+            sampling: SamplingParams::default(),
+            max_tokens: 256,
+            stop: Vec::new(),
+            stop_tokens: Vec::new(),
+            ignore_eos: false,
+        }
+    }
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// An EOS/EOT or caller-given stop token was generated.
+    StopToken,
+    /// A stop string appeared in the text.
+    StopString,
+    /// `max_tokens` were generated.
+    MaxTokens,
+    /// The context window is full.
+    ContextFull,
+    /// A cancel handle was used.
+    Cancelled,
+    /// The token callback asked to stop.
+    Callback,
+}
+
+impl StopReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::StopToken => "stop_token",
+            StopReason::StopString => "stop_string",
+            StopReason::MaxTokens => "max_tokens",
+            StopReason::ContextFull => "context_full",
+            StopReason::Cancelled => "cancelled",
+            StopReason::Callback => "callback",
+        }
+    }
+}
+
+/// Passed to the token callback for each generated token.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenEvent<'a> {
+    pub token: TokenId,
+    /// Text released by this token: whole characters, never part of a stop string (may be empty).
+    pub text: &'a str,
+}
+
+/// What a `generate` call produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateResult {
+    pub text: String,
+    /// Generated token ids (a final stop token included).
+    pub tokens: Vec<TokenId>,
+    pub prompt_tokens: usize,
+    pub stop_reason: StopReason,
+    pub prefill_seconds: f64,
+    pub decode_seconds: f64,
+}
+
+/// Per-token negative log-likelihoods of a text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoreResult {
+    /// All tokens of the text (special tokens included as the tokenizer adds them).
+    pub tokens: Vec<TokenId>,
+    /// `nll[i]` = −ln p(tokens[i+1] | tokens[..=i]), natural log.
+    pub nll: Vec<f64>,
+}
+
+impl ScoreResult {
+    pub fn nll_sum(&self) -> f64 {
+        self.nll.iter().sum()
+    }
+    pub fn nll_mean(&self) -> f64 {
+        self.nll_sum() / self.nll.len().max(1) as f64
+    }
+    pub fn perplexity(&self) -> f64 {
+        self.nll_mean().exp()
+    }
+}
+
+/// Cancels the running call of a session from any thread.
+#[derive(Debug, Clone)]
+pub struct CancelHandle(Arc<AtomicBool>);
+
+impl CancelHandle {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Generation state over one model. One call at a time (`&mut self`).
+pub struct Session {
+    model: Model,
+    cache: KvCache,
+    /// Tokens whose keys and values are in the cache.
+    tokens: Vec<TokenId>,
+    /// Generated tokens not yet run through the model (the last token of a finished call).
+    unfed: Vec<TokenId>,
+    rng: Rng,
+    cancel: Arc<AtomicBool>,
+    n_batch: usize,
+}
+
+impl Session {
+    pub fn new(model: &Model, params: &SessionParams) -> Result<Session> {
+        let cfg = model.config();
+        let n_ctx = if params.n_ctx == 0 { cfg.max_position_embeddings } else { params.n_ctx };
+        if params.n_batch == 0 {
+            return Err(Error::invalid_argument("n_batch must be at least 1"));
+        }
+        if n_ctx > (1 << 24) {
+            return Err(Error::invalid_argument(format!("n_ctx = {n_ctx} is too large (at most 16777216)")));
+        }
+        Ok(Session {
+            model: model.clone(),
+            cache: KvCache::new(cfg.num_layers, cfg.kv_dim(), n_ctx),
+            tokens: Vec::new(),
+            unfed: Vec::new(),
+            rng: Rng::new(SamplingParams::default().seed),
+            cancel: Arc::new(AtomicBool::new(false)),
+            n_batch: params.n_batch,
+        })
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+    /// Context length in tokens.
+    pub fn n_ctx(&self) -> usize {
+        self.cache.capacity()
+    }
+    /// Tokens in the context (prompts and generated text so far).
+    pub fn tokens(&self) -> Vec<TokenId> {
+        [self.tokens.as_slice(), &self.unfed].concat()
+    }
+    pub fn cancel_handle(&self) -> CancelHandle {
+        CancelHandle(self.cancel.clone())
+    }
+    /// Forgets the context.
+    pub fn reset(&mut self) {
+        self.cache.clear();
+        self.tokens.clear();
+        self.unfed.clear();
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::SeqCst)
+    }
+
+    /// Runs `tokens` through the model in chunks of n_batch; returns the logits of the last one.
+    fn feed(&mut self, tokens: &[TokenId]) -> Result<Option<Vec<f32>>> {
+        let mut last = None;
+        for chunk in tokens.chunks(self.n_batch) {
+            if self.cancelled() {
+                return Ok(None);
+            }
+            let model = self.model.clone();
+            let cache = &mut self.cache;
+            let hidden = model.compute(|| model.transformer().forward(cache, chunk))?;
+            self.tokens.extend_from_slice(chunk);
+            let h = model.config().hidden_size;
+            last = Some(model.compute(|| model.transformer().logits(&hidden[hidden.len() - h..])));
+        }
+        Ok(last)
+    }
+
+    /// Logits `[tokens.len(), vocab]` of every position after appending `tokens` to the context.
+    pub fn eval(&mut self, tokens: &[TokenId]) -> Result<Vec<f32>> {
+        self.check_fits(tokens.len())?;
+        let mut all = Vec::with_capacity(tokens.len() * self.model.config().vocab_size);
+        for chunk in tokens.chunks(self.n_batch) {
+            let model = self.model.clone();
+            let cache = &mut self.cache;
+            let hidden = model.compute(|| model.transformer().forward(cache, chunk))?;
+            self.tokens.extend_from_slice(chunk);
+            all.extend(model.compute(|| model.transformer().logits(&hidden)));
+        }
+        Ok(all)
+    }
+
+    fn check_fits(&self, n: usize) -> Result<()> {
+        let used = self.tokens.len() + self.unfed.len();
+        if used + n > self.n_ctx() {
+            return Err(Error::new(
+                ErrorKind::ContextFull,
+                format!("prompt of {n} tokens does not fit: {used} of {} context tokens already used", self.n_ctx()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Generates a continuation of `prompt` (raw text; BOS is added when the context is empty).
+    /// `on_token` sees each token with the text it releases and returns false to stop.
+    pub fn generate(
+        &mut self,
+        prompt: &str,
+        params: &GenerateParams,
+        on_token: impl FnMut(&TokenEvent) -> bool,
+    ) -> Result<GenerateResult> {
+        let add_special = self.tokens.is_empty() && self.unfed.is_empty();
+        let ids = self.model.tokenize(prompt, add_special)?;
+        self.generate_tokens(&ids, params, on_token)
+    }
+
+    /// As `generate`, from token ids.
+    pub fn generate_tokens(
+        &mut self,
+        prompt: &[TokenId],
+        params: &GenerateParams,
+        mut on_token: impl FnMut(&TokenEvent) -> bool,
+    ) -> Result<GenerateResult> {
+        params.sampling.validate()?;
+        self.cancel.store(false, Ordering::SeqCst);
+        let vocab = self.model.config().vocab_size;
+        if let Some(bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::invalid_argument(format!("prompt token {bad} is outside the vocabulary ({vocab})")));
+        }
+        let mut input: Vec<TokenId> = std::mem::take(&mut self.unfed);
+        input.extend_from_slice(prompt);
+        if input.is_empty() {
+            return Err(Error::invalid_argument("the prompt is empty and there is no context to continue"));
+        }
+        if let Err(e) = self.check_fits(input.len()) {
+            self.unfed = input[..input.len() - prompt.len()].to_vec();
+            return Err(e);
+        }
+        self.rng = Rng::new(params.sampling.seed);
+        let start = Instant::now();
+        let mut result = GenerateResult {
+            text: String::new(),
+            tokens: Vec::new(),
+            prompt_tokens: prompt.len(),
+            stop_reason: StopReason::MaxTokens,
+            prefill_seconds: 0.0,
+            decode_seconds: 0.0,
+        };
+        let Some(mut logits) = self.feed(&input)? else {
+            result.stop_reason = StopReason::Cancelled;
+            result.prefill_seconds = start.elapsed().as_secs_f64();
+            return Ok(result);
+        };
+        result.prefill_seconds = start.elapsed().as_secs_f64();
+        let decode_start = Instant::now();
+
+        let model = self.model.clone();
+        let tokenizer = model.tokenizer();
+        let mut detok = Detokenizer::new();
+        let mut stops = StopMatcher::new(&params.stop);
+        let is_stop_token =
+            |t: TokenId| params.stop_tokens.contains(&t) || (!params.ignore_eos && model.stop_tokens().contains(&t));
+        loop {
+            if self.cancelled() {
+                result.stop_reason = StopReason::Cancelled;
+                break;
+            }
+            let history = [self.tokens.as_slice(), &result.tokens].concat();
+            let next = sampling::sample(&mut logits, &params.sampling, &history, &mut self.rng);
+            result.tokens.push(next);
+            if is_stop_token(next) {
+                self.unfed.push(next);
+                result.stop_reason = StopReason::StopToken;
+                break;
+            }
+            let piece = detok.push(tokenizer, next)?;
+            let fed = stops.feed(&piece);
+            result.text.push_str(&fed.emit);
+            let keep_going = on_token(&TokenEvent { token: next, text: &fed.emit });
+            if fed.stopped {
+                self.unfed.push(next);
+                result.stop_reason = StopReason::StopString;
+                break;
+            }
+            if !keep_going {
+                self.unfed.push(next);
+                result.stop_reason = StopReason::Callback;
+                break;
+            }
+            if params.max_tokens > 0 && result.tokens.len() >= params.max_tokens {
+                self.unfed.push(next);
+                result.stop_reason = StopReason::MaxTokens;
+                break;
+            }
+            if self.tokens.len() >= self.n_ctx() {
+                self.unfed.push(next);
+                result.stop_reason = StopReason::ContextFull;
+                break;
+            }
+            match self.feed(&[next])? {
+                Some(l) => logits = l,
+                None => {
+                    result.stop_reason = StopReason::Cancelled;
+                    break;
+                }
+            }
+        }
+        if !matches!(result.stop_reason, StopReason::StopString) {
+            let tail = detok.flush(tokenizer)?;
+            let mut rest = stops.feed(&tail);
+            if !rest.stopped {
+                rest.emit.push_str(&stops.flush());
+            }
+            if !rest.emit.is_empty() {
+                on_token(&TokenEvent { token: *result.tokens.last().unwrap_or(&0), text: &rest.emit });
+                result.text.push_str(&rest.emit);
+            }
+        }
+        result.decode_seconds = decode_start.elapsed().as_secs_f64();
+        Ok(result)
+    }
+
+    /// Negative log-likelihood of each token of `text` given its predecessors (BOS added as the
+    /// tokenizer adds it; the first token is not scored). Uses its own cache: the session's
+    /// context is left as it was.
+    pub fn score(&mut self, text: &str) -> Result<ScoreResult> {
+        let tokens = self.model.tokenize(text, true)?;
+        self.score_tokens(&tokens)
+    }
+
+    /// As `score`, from token ids.
+    pub fn score_tokens(&mut self, tokens: &[TokenId]) -> Result<ScoreResult> {
+        self.cancel.store(false, Ordering::SeqCst);
+        if tokens.len() < 2 {
+            return Err(Error::invalid_argument(format!(
+                "scoring needs at least 2 tokens, the text has {}",
+                tokens.len()
+            )));
+        }
+        if tokens.len() > self.n_ctx() {
+            return Err(Error::new(
+                ErrorKind::ContextFull,
+                format!("text of {} tokens is longer than the context ({})", tokens.len(), self.n_ctx()),
+            ));
+        }
+        let cfg = self.model.config();
+        let mut cache = KvCache::new(cfg.num_layers, cfg.kv_dim(), tokens.len());
+        let mut nll = Vec::with_capacity(tokens.len() - 1);
+        let model = self.model.clone();
+        let (h, vocab) = (cfg.hidden_size, cfg.vocab_size);
+        for (ci, chunk) in tokens.chunks(self.n_batch).enumerate() {
+            if self.cancelled() {
+                return Err(Error::new(ErrorKind::Cancelled, "score was cancelled"));
+            }
+            let hidden = model.compute(|| model.transformer().forward(&mut cache, chunk))?;
+            // Logits a few rows at a time: never a [tokens, vocab] matrix for large vocabularies.
+            for (ri, rows) in hidden.chunks(16 * h).enumerate() {
+                let logits = model.compute(|| model.transformer().logits(rows));
+                for (k, row) in logits.chunks_exact(vocab).enumerate() {
+                    let pos = ci * self.n_batch + ri * 16 + k;
+                    if let Some(&target) = tokens.get(pos + 1) {
+                        nll.push(neg_log_softmax(row, target as usize));
+                    }
+                }
+            }
+        }
+        Ok(ScoreResult { tokens: tokens.to_vec(), nll })
+    }
+}
+
+/// −log softmax(row)[target], in f64.
+pub fn neg_log_softmax(row: &[f32], target: usize) -> f64 {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+    let lse = row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
+    lse - row[target] as f64
+}

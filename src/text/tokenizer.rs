@@ -1,0 +1,116 @@
+//! The model's tokenizer (tokenizer.json through the `tokenizers` crate) and the special tokens
+//! named in tokenizer_config.json.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// A token id.
+pub type TokenId = u32;
+
+/// tokenizer.json plus what tokenizer_config.json adds: special token strings and the chat template.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
+    pub chat_template: Option<String>,
+    /// Other named special tokens (unk, pad) for the chat template's context.
+    pub extra_special: Vec<(String, String)>,
+}
+
+/// A special-token field is a string or an `AddedToken` object with `content`.
+fn token_string(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(o) => o.get("content").and_then(Value::as_str).map(str::to_string),
+        _ => None,
+    }
+}
+
+/// `chat_template` is a string, or a list of `{name, template}` where `default` is the one.
+fn chat_template(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(items) => items
+            .iter()
+            .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+            .or_else(|| items.first())
+            .and_then(|t| t.get("template"))
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        _ => None,
+    }
+}
+
+impl Tokenizer {
+    /// Reads tokenizer.json and (if present) tokenizer_config.json and chat_template.jinja.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let path = dir.join("tokenizer.json");
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, &e))?;
+        let inner = tokenizers::Tokenizer::from_bytes(&bytes)
+            .map_err(|e| Error::invalid_model(format!("{}: {e}", path.display())))?;
+        let cfg_path = dir.join("tokenizer_config.json");
+        let cfg: Value = if cfg_path.exists() {
+            let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, &e))?;
+            serde_json::from_str(&text).map_err(|e| Error::invalid_model(format!("{}: {e}", cfg_path.display())))?
+        } else {
+            Value::Null
+        };
+        let jinja = dir.join("chat_template.jinja");
+        let template = if jinja.exists() {
+            Some(std::fs::read_to_string(&jinja).map_err(|e| Error::io(&jinja, &e))?)
+        } else {
+            chat_template(cfg.get("chat_template"))
+        };
+        let extra_special = ["unk_token", "pad_token"]
+            .iter()
+            .filter_map(|k| token_string(cfg.get(*k)).map(|v| (k.to_string(), v)))
+            .collect();
+        Ok(Self {
+            inner,
+            bos_token: token_string(cfg.get("bos_token")),
+            eos_token: token_string(cfg.get("eos_token")),
+            chat_template: template,
+            extra_special,
+        })
+    }
+
+    /// Token ids of `text`. With `add_special`, the tokenizer's post-processor adds what
+    /// transformers adds by default (e.g. `<|begin_of_text|>`). Special tokens written in the
+    /// text are recognised as such.
+    pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<TokenId>> {
+        let enc = self
+            .inner
+            .encode(text, add_special)
+            .map_err(|e| Error::new(ErrorKind::Internal, format!("tokenizer: {e}")))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Text of `ids`; special tokens are left out when `skip_special`.
+    pub fn decode(&self, ids: &[TokenId], skip_special: bool) -> Result<String> {
+        let vocab = self.vocab_size();
+        if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::invalid_argument(format!("token id {bad} is outside the vocabulary ({vocab})")));
+        }
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(|e| Error::new(ErrorKind::Internal, format!("tokenizer: {e}")))
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<TokenId> {
+        self.inner.token_to_id(token)
+    }
+    pub fn id_to_token(&self, id: TokenId) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+    /// Number of ids the tokenizer can produce, added tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+    /// True for added tokens marked special (`<|eot_id|>` and the like).
+    pub fn is_special(&self, id: TokenId) -> bool {
+        self.inner.get_added_tokens_decoder().get(&id).is_some_and(|t| t.special)
+    }
+}

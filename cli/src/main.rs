@@ -1,1 +1,295 @@
-fn main() {}
+//! `bit-ttt`: run BitNet b1.58 models from the command line.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use bit_ttt::{ChatMessage, GenerateParams, Model, ModelParams, SamplingParams, Session, SessionParams};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(name = "bit-ttt", version, about = "Ternary (BitNet b1.58) LLM inference on CPU")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a continuation of a prompt, streamed to stdout.
+    Generate(GenerateArgs),
+    /// Chat interactively (one line per user turn; an empty line or EOF ends).
+    Chat(ChatArgs),
+    /// Perplexity of a text file.
+    Score(ScoreArgs),
+    /// Architecture, parameter counts and memory of a model.
+    Info(InfoArgs),
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// Hugging Face model folder (config.json, *.safetensors, tokenizer.json).
+    #[arg(long, short)]
+    model: PathBuf,
+    /// Worker threads (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Context length (0 = the model's maximum).
+    #[arg(long, default_value_t = 0)]
+    ctx: usize,
+}
+
+impl ModelArgs {
+    fn load(&self) -> bit_ttt::Result<(Model, Session)> {
+        let model = Model::load(&self.model, &ModelParams { n_threads: self.threads })?;
+        let session = Session::new(&model, &SessionParams { n_ctx: self.ctx, ..Default::default() })?;
+        Ok((model, session))
+    }
+}
+
+#[derive(Args)]
+struct SamplingArgs {
+    /// Most tokens to generate (0 = until the context is full).
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f32,
+    /// 0 = off.
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0.05)]
+    min_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    #[arg(long, default_value_t = 0.0)]
+    presence_penalty: f32,
+    #[arg(long, default_value_t = 0.0)]
+    frequency_penalty: f32,
+    #[arg(long, default_value_t = 0x5EED)]
+    seed: u64,
+    /// Stop before this string (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+}
+
+impl SamplingArgs {
+    fn params(&self) -> GenerateParams {
+        GenerateParams {
+            sampling: SamplingParams {
+                temperature: self.temperature,
+                top_k: self.top_k,
+                top_p: self.top_p,
+                min_p: self.min_p,
+                repeat_penalty: self.repeat_penalty,
+                presence_penalty: self.presence_penalty,
+                frequency_penalty: self.frequency_penalty,
+                seed: self.seed,
+                ..SamplingParams::default()
+            },
+            max_tokens: self.max_tokens,
+            stop: self.stop.clone(),
+            ..GenerateParams::default()
+        }
+    }
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The prompt: raw text, or the user message with --chat.
+    #[arg(long, short)]
+    prompt: String,
+    /// Wrap the prompt in the model's chat template.
+    #[arg(long)]
+    chat: bool,
+    /// End with one JSON line: {"text", "tokens", "prompt_tokens", "stop_reason"}.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+}
+
+#[derive(Args)]
+struct ChatArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// System message.
+    #[arg(long)]
+    system: Option<String>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+}
+
+#[derive(Args)]
+struct ScoreArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Text file to score (UTF-8).
+    #[arg(long)]
+    text_file: PathBuf,
+    /// Print one JSON line: {"tokens", "nll_sum", "nll_mean", "perplexity"}.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct InfoArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long)]
+    json: bool,
+}
+
+fn generate(a: &GenerateArgs) -> bit_ttt::Result<()> {
+    let (model, mut session) = a.model.load()?;
+    let prompt = if a.chat {
+        model.apply_chat_template(&[ChatMessage::new("user", &a.prompt)], true)?
+    } else {
+        a.prompt.clone()
+    };
+    let mut out = std::io::stdout().lock();
+    let result = session.generate(&prompt, &a.sampling.params(), |ev| {
+        let _ = out.write_all(ev.text.as_bytes());
+        let _ = out.flush();
+        true
+    })?;
+    if a.json {
+        let line = json!({
+            "text": result.text,
+            "tokens": result.tokens,
+            "prompt_tokens": result.prompt_tokens,
+            "stop_reason": result.stop_reason.as_str(),
+        });
+        writeln!(out, "\n{line}").ok();
+    } else {
+        writeln!(out).ok();
+        let n = result.tokens.len();
+        eprintln!(
+            "[{} prompt tokens, {} generated, stop: {}; prefill {:.1} tok/s, decode {:.1} tok/s]",
+            result.prompt_tokens,
+            n,
+            result.stop_reason.as_str(),
+            result.prompt_tokens as f64 / result.prefill_seconds.max(1e-9),
+            n.saturating_sub(1) as f64 / result.decode_seconds.max(1e-9),
+        );
+    }
+    Ok(())
+}
+
+fn chat(a: &ChatArgs) -> bit_ttt::Result<()> {
+    let (model, mut session) = a.model.load()?;
+    let mut messages: Vec<ChatMessage> = a.system.iter().map(|s| ChatMessage::new("system", s)).collect();
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout().lock();
+    loop {
+        write!(out, "> ").ok();
+        out.flush().ok();
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line).map_err(|e| bit_ttt::Error::new(bit_ttt::ErrorKind::Io, e.to_string()))? == 0
+            || line.trim().is_empty()
+        {
+            return Ok(());
+        }
+        messages.push(ChatMessage::new("user", line.trim_end()));
+        // Re-render the whole conversation; the session is reset so templates that do not
+        // render as prefixes of each other stay correct.
+        let prompt = model.apply_chat_template(&messages, true)?;
+        session.reset();
+        let result = session.generate(&prompt, &a.sampling.params(), |ev| {
+            let _ = out.write_all(ev.text.as_bytes());
+            let _ = out.flush();
+            true
+        })?;
+        writeln!(out).ok();
+        messages.push(ChatMessage::new("assistant", result.text.trim()));
+    }
+}
+
+fn score(a: &ScoreArgs) -> bit_ttt::Result<()> {
+    let bytes = std::fs::read(&a.text_file).map_err(|e| bit_ttt::Error::io(&a.text_file, &e))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        bit_ttt::Error::new(bit_ttt::ErrorKind::InvalidUtf8, format!("{}: {e}", a.text_file.display()))
+    })?;
+    let (_, mut session) = a.model.load()?;
+    let s = session.score(&text)?;
+    if a.json {
+        println!(
+            "{}",
+            json!({"tokens": s.tokens.len(), "nll_sum": s.nll_sum(), "nll_mean": s.nll_mean(), "perplexity": s.perplexity()})
+        );
+    } else {
+        println!(
+            "tokens {}  nll_sum {:.4}  nll_mean {:.4}  perplexity {:.4}",
+            s.tokens.len(),
+            s.nll_sum(),
+            s.nll_mean(),
+            s.perplexity()
+        );
+    }
+    Ok(())
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.2} {}", UNITS[u])
+}
+
+fn info(a: &InfoArgs) -> bit_ttt::Result<()> {
+    let (model, _) = a.model.load()?;
+    let i = model.info();
+    let saved = 1.0 - i.weight_bytes as f64 / i.fp16_bytes as f64;
+    if a.json {
+        println!(
+            "{}",
+            json!({
+                "family": format!("{:?}", i.family).to_lowercase(),
+                "hidden_size": i.hidden_size, "intermediate_size": i.intermediate_size,
+                "num_layers": i.num_layers, "num_heads": i.num_heads, "num_kv_heads": i.num_kv_heads,
+                "vocab_size": i.vocab_size, "max_position_embeddings": i.max_position_embeddings,
+                "n_params": i.n_params, "n_ternary_params": i.n_ternary_params,
+                "weight_bytes": i.weight_bytes, "fp16_bytes": i.fp16_bytes,
+                "threads": model.n_threads(),
+            })
+        );
+        return Ok(());
+    }
+    println!("model        {}", model.path().display());
+    println!("family       {:?}", i.family);
+    println!(
+        "shape        hidden {}, ffn {}, layers {}, heads {} (kv {}), vocab {}, max positions {}",
+        i.hidden_size, i.intermediate_size, i.num_layers, i.num_heads, i.num_kv_heads, i.vocab_size, i.max_position_embeddings
+    );
+    println!("parameters   {} ({} ternary)", i.n_params, i.n_ternary_params);
+    println!("weights      {} as loaded", human(i.weight_bytes));
+    println!("fp16         {} for the same parameters ({:.1}% saved)", human(i.fp16_bytes), saved * 100.0);
+    println!("threads      {}", model.n_threads());
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match &cli.command {
+        Command::Generate(a) => generate(a),
+        Command::Chat(a) => chat(a),
+        Command::Score(a) => score(a),
+        Command::Info(a) => info(a),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bit-ttt: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! The generation loop: seeds, stop strings and tokens, callbacks, context limits, cancellation.
+
+use std::path::Path;
+use std::sync::mpsc;
+
+use bit_ttt::{GenerateParams, Model, ModelParams, SamplingParams, Session, SessionParams, StopReason};
+
+fn model() -> Model {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bitnet_packed_auto");
+    Model::load(dir, &ModelParams::default()).unwrap()
+}
+
+fn session(m: &Model) -> Session {
+    Session::new(m, &SessionParams { n_ctx: 256, n_batch: 16 }).unwrap()
+}
+
+fn greedy(max_tokens: usize) -> GenerateParams {
+    GenerateParams { sampling: SamplingParams::greedy(), max_tokens, ignore_eos: true, ..Default::default() }
+}
+
+const PROMPT: &str = "Once upon a time there was";
+
+#[test]
+fn same_seed_same_text_and_streamed_text_equals_result() {
+    let m = model();
+    let run = |seed| {
+        let mut s = session(&m);
+        let mut streamed = String::new();
+        let p = GenerateParams {
+            sampling: SamplingParams { temperature: 1.0, seed, ..Default::default() },
+            max_tokens: 40,
+            ignore_eos: true,
+            ..Default::default()
+        };
+        let r = s.generate(PROMPT, &p, |ev| {
+            streamed += ev.text;
+            true
+        })
+        .unwrap();
+        assert_eq!(streamed, r.text);
+        assert_eq!(r.stop_reason, StopReason::MaxTokens);
+        r.tokens
+    };
+    assert_eq!(run(42), run(42));
+    assert_ne!(run(42), run(43));
+}
+
+#[test]
+fn stop_string_ends_generation_before_it() {
+    let m = model();
+    let full = session(&m).generate(PROMPT, &greedy(30), |_| true).unwrap();
+    // A stop string from the middle of the greedy text.
+    let chars: Vec<char> = full.text.chars().collect();
+    let stop: String = chars[chars.len() / 2..chars.len() / 2 + 3].iter().collect();
+    let cut = full.text.find(&stop).unwrap();
+    let mut streamed = String::new();
+    let p = GenerateParams { stop: vec![stop.clone()], ..greedy(30) };
+    let r = session(&m)
+        .generate(PROMPT, &p, |ev| {
+            streamed += ev.text;
+            true
+        })
+        .unwrap();
+    assert_eq!(r.stop_reason, StopReason::StopString);
+    assert_eq!(r.text, full.text[..cut]);
+    assert_eq!(streamed, r.text);
+    assert!(!streamed.contains(&stop));
+}
+
+#[test]
+fn stop_tokens_callbacks_and_max_tokens() {
+    let m = model();
+    let full = session(&m).generate(PROMPT, &greedy(10), |_| true).unwrap();
+    assert_eq!((full.tokens.len(), full.stop_reason), (10, StopReason::MaxTokens));
+
+    let p = GenerateParams { stop_tokens: vec![full.tokens[3]], ..greedy(10) };
+    let r = session(&m).generate(PROMPT, &p, |_| true).unwrap();
+    let first = full.tokens.iter().position(|&t| t == full.tokens[3]).unwrap();
+    assert_eq!(r.stop_reason, StopReason::StopToken);
+    assert_eq!(r.tokens, full.tokens[..=first]);
+
+    let mut calls = 0;
+    let r = session(&m)
+        .generate(PROMPT, &greedy(10), |_| {
+            calls += 1;
+            calls < 2
+        })
+        .unwrap();
+    assert_eq!((r.stop_reason, r.tokens.len()), (StopReason::Callback, 2));
+
+    // The model's own EOS ends generation unless ignored.
+    let eos = m.stop_tokens()[0];
+    let p = GenerateParams { stop_tokens: vec![], ignore_eos: false, ..greedy(10) };
+    let r = session(&m).generate(PROMPT, &p, |_| true).unwrap();
+    assert!(r.stop_reason == StopReason::MaxTokens || r.tokens.last() == Some(&eos));
+}
+
+#[test]
+fn context_full_is_a_stop_reason() {
+    let m = model();
+    let n_prompt = m.tokenize(PROMPT, true).unwrap().len();
+    let mut s = Session::new(&m, &SessionParams { n_ctx: n_prompt + 3, n_batch: 4 }).unwrap();
+    let r = s.generate(PROMPT, &greedy(0), |_| true).unwrap();
+    assert_eq!(r.stop_reason, StopReason::ContextFull);
+    // Three more positions hold three generated tokens; the fourth is sampled from the last.
+    assert_eq!(r.tokens.len(), 4);
+}
+
+#[test]
+fn generate_continues_the_context_and_reset_forgets_it() {
+    let m = model();
+    let mut s = session(&m);
+    let one = s.generate(PROMPT, &greedy(5), |_| true).unwrap();
+    let two = s.generate(" and", &greedy(5), |_| true).unwrap();
+    let mut expected = m.tokenize(PROMPT, true).unwrap();
+    expected.extend(&one.tokens);
+    expected.extend(m.tokenize(" and", false).unwrap());
+    expected.extend(&two.tokens);
+    assert_eq!(s.tokens(), expected);
+    // The same conversation in one go gives the same second answer.
+    let mut fresh = session(&m);
+    let prefix: Vec<u32> = expected[..expected.len() - two.tokens.len()].to_vec();
+    let again = fresh.generate_tokens(&prefix, &greedy(5), |_| true).unwrap();
+    assert_eq!(again.tokens, two.tokens);
+    s.reset();
+    assert!(s.tokens().is_empty());
+    assert_eq!(s.generate(PROMPT, &greedy(5), |_| true).unwrap().tokens, one.tokens);
+}
+
+#[test]
+fn score_does_not_touch_the_context() {
+    let m = model();
+    let mut s = session(&m);
+    s.generate(PROMPT, &greedy(3), |_| true).unwrap();
+    let before = s.tokens();
+    let sc = s.score("The quick brown fox jumps").unwrap();
+    assert_eq!(sc.nll.len(), sc.tokens.len() - 1);
+    assert!(sc.nll.iter().all(|x| x.is_finite() && *x >= 0.0));
+    assert_eq!(s.tokens(), before);
+}
+
+#[test]
+fn cancel_from_another_thread_stops_within_one_token() {
+    let m = model();
+    let mut s = session(&m);
+    let handle = s.cancel_handle();
+    let (to_canceller, started) = mpsc::channel::<()>();
+    let (ack, cancelled) = mpsc::channel::<()>();
+    let canceller = std::thread::spawn(move || {
+        started.recv().unwrap();
+        handle.cancel();
+        ack.send(()).unwrap();
+    });
+    let mut n = 0;
+    let r = s
+        .generate(PROMPT, &greedy(0), |_| {
+            n += 1;
+            if n == 1 {
+                to_canceller.send(()).unwrap();
+                cancelled.recv().unwrap();
+            }
+            true
+        })
+        .unwrap();
+    canceller.join().unwrap();
+    assert_eq!(r.stop_reason, StopReason::Cancelled);
+    assert_eq!(r.tokens.len(), 1);
+}

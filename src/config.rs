@@ -151,10 +151,16 @@ fn rope(raw: &RawConfig) -> Result<(f32, RopeScaling)> {
     let params = raw.rope_parameters.as_ref().or(raw.rope_scaling.as_ref());
     let theta = raw
         .rope_theta
-        .or_else(|| raw.rope_parameters.as_ref().and_then(|p| f32_field(p, "rope_theta")))
+        .or_else(|| {
+            raw.rope_parameters
+                .as_ref()
+                .and_then(|p| f32_field(p, "rope_theta"))
+        })
         .unwrap_or(10_000.0);
     if !(theta.is_finite() && theta > 1.0) {
-        return Err(Error::invalid_model(format!("rope_theta {theta} is not a valid base")));
+        return Err(Error::invalid_model(format!(
+            "rope_theta {theta} is not a valid base"
+        )));
     }
     let Some(p) = params.filter(|p| !p.is_null()) else {
         return Ok((theta, RopeScaling::None));
@@ -179,7 +185,11 @@ fn rope(raw: &RawConfig) -> Result<(f32, RopeScaling)> {
                 original_max_position: get("original_max_position_embeddings")?,
             }
         }
-        other => return Err(Error::unsupported(format!("rope_type `{other}` is not supported"))),
+        other => {
+            return Err(Error::unsupported(format!(
+                "rope_type `{other}` is not supported"
+            )));
+        }
     };
     Ok((theta, scaling))
 }
@@ -223,10 +233,14 @@ impl Config {
             )));
         }
         if quant.is_some_and(|q| q.use_rms_norm) {
-            return Err(Error::unsupported("quantization_config.use_rms_norm is not supported"));
+            return Err(Error::unsupported(
+                "quantization_config.use_rms_norm is not supported",
+            ));
         }
         if raw.attention_bias || raw.mlp_bias {
-            return Err(Error::unsupported("linear biases (attention_bias / mlp_bias) are not supported"));
+            return Err(Error::unsupported(
+                "linear biases (attention_bias / mlp_bias) are not supported",
+            ));
         }
         let linear_class = match quant.and_then(|q| q.linear_class.as_deref()) {
             None | Some("bitlinear") => LinearClass::BitLinear,
@@ -254,7 +268,10 @@ impl Config {
 
         let hidden_size = required(raw.hidden_size, "hidden_size")?;
         let num_heads = required(raw.num_attention_heads, "num_attention_heads")?;
-        let num_kv_heads = required(raw.num_key_value_heads.or(Some(num_heads)), "num_key_value_heads")?;
+        let num_kv_heads = required(
+            raw.num_key_value_heads.or(Some(num_heads)),
+            "num_key_value_heads",
+        )?;
         if num_heads % num_kv_heads != 0 {
             return Err(Error::invalid_model(format!(
                 "num_attention_heads ({num_heads}) is not a multiple of num_key_value_heads ({num_kv_heads})"
@@ -270,7 +287,9 @@ impl Config {
             }
         };
         if head_dim % 2 != 0 {
-            return Err(Error::invalid_model(format!("head_dim ({head_dim}) must be even for RoPE")));
+            return Err(Error::invalid_model(format!(
+                "head_dim ({head_dim}) must be even for RoPE"
+            )));
         }
         let activation = match raw.hidden_act.as_deref() {
             Some("relu2") => Activation::Relu2,
@@ -278,12 +297,16 @@ impl Config {
             None if family == Family::BitNet => Activation::Relu2,
             None => Activation::Silu,
             Some(other) => {
-                return Err(Error::unsupported(format!("hidden_act `{other}` is not supported")));
+                return Err(Error::unsupported(format!(
+                    "hidden_act `{other}` is not supported"
+                )));
             }
         };
         let rms_norm_eps = raw.rms_norm_eps.unwrap_or(1e-6);
         if !(rms_norm_eps.is_finite() && rms_norm_eps >= 0.0) {
-            return Err(Error::invalid_model(format!("rms_norm_eps {rms_norm_eps} is invalid")));
+            return Err(Error::invalid_model(format!(
+                "rms_norm_eps {rms_norm_eps} is invalid"
+            )));
         }
         let (rope_theta, rope_scaling) = rope(&raw)?;
         let bos = token_ids(&raw.bos_token_id, "bos_token_id")?;
@@ -357,10 +380,13 @@ mod tests {
 
     #[test]
     fn rejects_bad_configs_with_names() {
-        let err = Config::from_json(&TWO_B.replace("\"bitnet\",\"rms", "\"gpt2\",\"rms")).unwrap_err();
+        let err =
+            Config::from_json(&TWO_B.replace("\"bitnet\",\"rms", "\"gpt2\",\"rms")).unwrap_err();
         assert!(err.message().contains("gpt2"), "{err}");
-        let err = Config::from_json(&TWO_B.replace("\"num_key_value_heads\":5", "\"num_key_value_heads\":3"))
-            .unwrap_err();
+        let err = Config::from_json(
+            &TWO_B.replace("\"num_key_value_heads\":5", "\"num_key_value_heads\":3"),
+        )
+        .unwrap_err();
         assert!(err.message().contains("num_key_value_heads"), "{err}");
         let err = Config::from_json(&TWO_B.replace("\"hidden_size\":2560,", "")).unwrap_err();
         assert!(err.message().contains("hidden_size"), "{err}");

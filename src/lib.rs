@@ -32,7 +32,8 @@ pub use config::Config;
 pub use error::{Error, ErrorKind, Result};
 pub use sampling::SamplingParams;
 pub use session::{
-    CancelHandle, GenerateParams, GenerateResult, ScoreResult, Session, SessionParams, StopReason, TokenEvent,
+    CancelHandle, GenerateParams, GenerateResult, ScoreResult, Session, SessionParams, StopReason,
+    TokenEvent,
 };
 pub use text::chat::ChatMessage;
 pub use text::tokenizer::TokenId;
@@ -89,10 +90,14 @@ fn ids_from_generation_config(dir: &Path) -> Result<Vec<TokenId>> {
         return Ok(Vec::new());
     }
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, &e))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::invalid_model(format!("{}: {e}", path.display())))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::invalid_model(format!("{}: {e}", path.display())))?;
     Ok(match v.get("eos_token_id") {
-        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|x| x as u32)
+            .collect(),
         Some(x) => x.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
         None => Vec::new(),
     })
@@ -116,7 +121,11 @@ impl Model {
         // End of generation: the config's EOS ids, generation_config's, and the tokenizer's eos.
         let mut stop_tokens = cfg.eos_token_ids.clone();
         stop_tokens.extend(ids_from_generation_config(dir)?);
-        if let Some(id) = tokenizer.eos_token.as_deref().and_then(|t| tokenizer.token_to_id(t)) {
+        if let Some(id) = tokenizer
+            .eos_token
+            .as_deref()
+            .and_then(|t| tokenizer.token_to_id(t))
+        {
             stop_tokens.push(id);
         }
         stop_tokens.sort_unstable();
@@ -166,12 +175,18 @@ impl Model {
     }
 
     /// Renders the model's chat template (from tokenizer_config.json).
-    pub fn apply_chat_template(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+    pub fn apply_chat_template(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
         let t = &self.0.tokenizer;
-        let template = t
-            .chat_template
-            .as_deref()
-            .ok_or_else(|| Error::unsupported(format!("{}: the model has no chat template", self.0.dir.display())))?;
+        let template = t.chat_template.as_deref().ok_or_else(|| {
+            Error::unsupported(format!(
+                "{}: the model has no chat template",
+                self.0.dir.display()
+            ))
+        })?;
         let mut special: Vec<(String, String)> = t.extra_special.clone();
         if let Some(b) = &self.0.bos_token {
             special.push(("bos_token".into(), b.clone()));

@@ -17,7 +17,11 @@ pub const MIN_ABS: f32 = 1e-5;
 /// is at least as accurate as PyTorch's pairwise f32 sum. Returns (T, γ).
 pub fn absmean_ternarize(w: &[f32]) -> (Vec<i8>, f32) {
     let sum: f64 = w.iter().map(|x| f64::from(x.abs())).sum();
-    let mean = if w.is_empty() { 0.0 } else { (sum / w.len() as f64) as f32 };
+    let mean = if w.is_empty() {
+        0.0
+    } else {
+        (sum / w.len() as f64) as f32
+    };
     let inv = 1.0 / mean.max(MIN_ABS);
     let t = w
         .iter()
@@ -47,7 +51,11 @@ pub fn packed_rows(rows: usize) -> usize {
 /// layout `[ceil(rows/4), cols]`: bits 2i..2i+1 of packed row r hold row i·ceil(rows/4)+r,
 /// as the code (value + 1).
 pub fn pack_ternary(values: &[i8], rows: usize, cols: usize) -> Vec<u8> {
-    assert_eq!(values.len(), rows * cols, "pack_ternary: values do not match shape");
+    assert_eq!(
+        values.len(),
+        rows * cols,
+        "pack_ternary: values do not match shape"
+    );
     let slab = packed_rows(rows);
     let mut packed = vec![0u8; slab * cols];
     for (r, row) in values.chunks_exact(cols).enumerate() {

@@ -47,13 +47,21 @@ impl Default for SamplingParams {
 impl SamplingParams {
     /// Greedy decoding with no penalties.
     pub fn greedy() -> Self {
-        Self { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0, ..Self::default() }
+        Self {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            ..Self::default()
+        }
     }
 
     /// Rejects values that make no sense, naming the parameter.
     pub fn validate(&self) -> Result<()> {
         let bad = |name: &str, v: f32, rule: &str| {
-            Err(Error::invalid_argument(format!("{name} = {v}: must be {rule}")))
+            Err(Error::invalid_argument(format!(
+                "{name} = {v}: must be {rule}"
+            )))
         };
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
             return bad("temperature", self.temperature, "finite and >= 0");
@@ -94,7 +102,9 @@ impl Rng {
             z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
             z ^ (z >> 31)
         };
-        Self { s: [next(), next(), next(), next()] }
+        Self {
+            s: [next(), next(), next(), next()],
+        }
     }
 
     pub fn next_u64(&mut self) -> u64 {
@@ -147,7 +157,9 @@ pub fn apply_penalties(logits: &mut [f32], p: &SamplingParams, history: &[u32]) 
         *counts.entry(t).or_default() += 1;
     }
     for (&t, &n) in &counts {
-        let Some(l) = logits.get_mut(t as usize) else { continue };
+        let Some(l) = logits.get_mut(t as usize) else {
+            continue;
+        };
         if *l > 0.0 {
             *l /= p.repeat_penalty;
         } else {
@@ -164,14 +176,21 @@ pub fn sample(logits: &mut [f32], p: &SamplingParams, history: &[u32], rng: &mut
         return argmax(logits) as u32;
     }
     // Candidates sorted by logit, best first (stable: lower id first on ties).
-    let mut cand: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+    let mut cand: Vec<(u32, f32)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (i as u32, l))
+        .collect();
     cand.sort_by(|a, b| b.1.total_cmp(&a.1));
     if p.top_k > 0 {
         cand.truncate(p.top_k.max(1));
     }
     let probs = |c: &[(u32, f32)], temp: f32| -> Vec<f64> {
         let max = f64::from(c[0].1);
-        let e: Vec<f64> = c.iter().map(|&(_, l)| ((f64::from(l) - max) / f64::from(temp)).exp()).collect();
+        let e: Vec<f64> = c
+            .iter()
+            .map(|&(_, l)| ((f64::from(l) - max) / f64::from(temp)).exp())
+            .collect();
         let sum: f64 = e.iter().sum();
         e.into_iter().map(|x| x / sum).collect()
     };
@@ -208,16 +227,27 @@ mod tests {
     #[test]
     fn greedy_is_argmax() {
         let mut l = vec![0.1, 2.0, -1.0, 2.0];
-        assert_eq!(sample(&mut l, &SamplingParams::greedy(), &[], &mut Rng::new(1)), 1);
+        assert_eq!(
+            sample(&mut l, &SamplingParams::greedy(), &[], &mut Rng::new(1)),
+            1
+        );
     }
 
     #[test]
     fn same_seed_same_draws() {
-        let p = SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, ..Default::default() };
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            ..Default::default()
+        };
         let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
         let draw = |seed| {
             let mut rng = Rng::new(seed);
-            (0..20).map(|_| sample(&mut logits.clone(), &p, &[], &mut rng)).collect::<Vec<_>>()
+            (0..20)
+                .map(|_| sample(&mut logits.clone(), &p, &[], &mut rng))
+                .collect::<Vec<_>>()
         };
         assert_eq!(draw(7), draw(7));
         assert_ne!(draw(7), draw(8));
@@ -225,24 +255,40 @@ mod tests {
 
     #[test]
     fn top_k_one_is_greedy() {
-        let p = SamplingParams { temperature: 5.0, top_k: 1, ..Default::default() };
+        let p = SamplingParams {
+            temperature: 5.0,
+            top_k: 1,
+            ..Default::default()
+        };
         let mut rng = Rng::new(3);
         for _ in 0..20 {
-            assert_eq!(sample(&mut vec![0.0, 0.5, 0.4], &p, &[], &mut rng), 1);
+            assert_eq!(sample(&mut [0.0, 0.5, 0.4], &p, &[], &mut rng), 1);
         }
     }
 
     #[test]
     fn top_p_and_min_p_cut_the_tail() {
         // Probabilities ≈ [0.88, 0.12, 0.00002]: top_p 0.5 keeps only the first.
-        let p = SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.5, min_p: 0.0, ..Default::default() };
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 0.5,
+            min_p: 0.0,
+            ..Default::default()
+        };
         let mut rng = Rng::new(9);
         for _ in 0..50 {
-            assert_eq!(sample(&mut vec![0.0, -2.0, -10.0], &p, &[], &mut rng), 0);
+            assert_eq!(sample(&mut [0.0, -2.0, -10.0], &p, &[], &mut rng), 0);
         }
-        let p = SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.2, ..Default::default() };
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.2,
+            ..Default::default()
+        };
         for _ in 0..50 {
-            assert_eq!(sample(&mut vec![0.0, -2.0, -10.0], &p, &[], &mut rng), 0);
+            assert_eq!(sample(&mut [0.0, -2.0, -10.0], &p, &[], &mut rng), 0);
         }
     }
 
@@ -261,9 +307,15 @@ mod tests {
 
     #[test]
     fn validation_names_the_parameter() {
-        let p = SamplingParams { top_p: 0.0, ..Default::default() };
+        let p = SamplingParams {
+            top_p: 0.0,
+            ..Default::default()
+        };
         assert!(p.validate().unwrap_err().message().contains("top_p"));
-        let p = SamplingParams { temperature: f32::NAN, ..Default::default() };
+        let p = SamplingParams {
+            temperature: f32::NAN,
+            ..Default::default()
+        };
         assert!(p.validate().unwrap_err().message().contains("temperature"));
     }
 }

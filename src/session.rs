@@ -23,7 +23,10 @@ pub struct SessionParams {
 
 impl Default for SessionParams {
     fn default() -> Self {
-        Self { n_ctx: 0, n_batch: 512 }
+        Self {
+            n_ctx: 0,
+            n_batch: 512,
+        }
     }
 }
 
@@ -150,12 +153,18 @@ pub struct Session {
 impl Session {
     pub fn new(model: &Model, params: &SessionParams) -> Result<Session> {
         let cfg = model.config();
-        let n_ctx = if params.n_ctx == 0 { cfg.max_position_embeddings } else { params.n_ctx };
+        let n_ctx = if params.n_ctx == 0 {
+            cfg.max_position_embeddings
+        } else {
+            params.n_ctx
+        };
         if params.n_batch == 0 {
             return Err(Error::invalid_argument("n_batch must be at least 1"));
         }
         if n_ctx > (1 << 24) {
-            return Err(Error::invalid_argument(format!("n_ctx = {n_ctx} is too large (at most 16777216)")));
+            return Err(Error::invalid_argument(format!(
+                "n_ctx = {n_ctx} is too large (at most 16777216)"
+            )));
         }
         Ok(Session {
             model: model.clone(),
@@ -229,7 +238,10 @@ impl Session {
         if used + n > self.n_ctx() {
             return Err(Error::new(
                 ErrorKind::ContextFull,
-                format!("prompt of {n} tokens does not fit: {used} of {} context tokens already used", self.n_ctx()),
+                format!(
+                    "prompt of {n} tokens does not fit: {used} of {} context tokens already used",
+                    self.n_ctx()
+                ),
             ));
         }
         Ok(())
@@ -259,12 +271,16 @@ impl Session {
         self.cancel.store(false, Ordering::SeqCst);
         let vocab = self.model.config().vocab_size;
         if let Some(bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
-            return Err(Error::invalid_argument(format!("prompt token {bad} is outside the vocabulary ({vocab})")));
+            return Err(Error::invalid_argument(format!(
+                "prompt token {bad} is outside the vocabulary ({vocab})"
+            )));
         }
         let mut input: Vec<TokenId> = std::mem::take(&mut self.unfed);
         input.extend_from_slice(prompt);
         if input.is_empty() {
-            return Err(Error::invalid_argument("the prompt is empty and there is no context to continue"));
+            return Err(Error::invalid_argument(
+                "the prompt is empty and there is no context to continue",
+            ));
         }
         if let Err(e) = self.check_fits(input.len()) {
             self.unfed = input[..input.len() - prompt.len()].to_vec();
@@ -292,8 +308,10 @@ impl Session {
         let tokenizer = model.tokenizer();
         let mut detok = Detokenizer::new();
         let mut stops = StopMatcher::new(&params.stop);
-        let is_stop_token =
-            |t: TokenId| params.stop_tokens.contains(&t) || (!params.ignore_eos && model.stop_tokens().contains(&t));
+        let is_stop_token = |t: TokenId| {
+            params.stop_tokens.contains(&t)
+                || (!params.ignore_eos && model.stop_tokens().contains(&t))
+        };
         loop {
             if self.cancelled() {
                 result.stop_reason = StopReason::Cancelled;
@@ -310,7 +328,10 @@ impl Session {
             let piece = detok.push(tokenizer, next)?;
             let fed = stops.feed(&piece);
             result.text.push_str(&fed.emit);
-            let keep_going = on_token(&TokenEvent { token: next, text: &fed.emit });
+            let keep_going = on_token(&TokenEvent {
+                token: next,
+                text: &fed.emit,
+            });
             if fed.stopped {
                 self.unfed.push(next);
                 result.stop_reason = StopReason::StopString;
@@ -346,7 +367,10 @@ impl Session {
                 rest.emit.push_str(&stops.flush());
             }
             if !rest.emit.is_empty() {
-                on_token(&TokenEvent { token: *result.tokens.last().unwrap_or(&0), text: &rest.emit });
+                on_token(&TokenEvent {
+                    token: *result.tokens.last().unwrap_or(&0),
+                    text: &rest.emit,
+                });
                 result.text.push_str(&rest.emit);
             }
         }
@@ -374,7 +398,11 @@ impl Session {
         if tokens.len() > self.n_ctx() {
             return Err(Error::new(
                 ErrorKind::ContextFull,
-                format!("text of {} tokens is longer than the context ({})", tokens.len(), self.n_ctx()),
+                format!(
+                    "text of {} tokens is longer than the context ({})",
+                    tokens.len(),
+                    self.n_ctx()
+                ),
             ));
         }
         let cfg = self.model.config();
@@ -398,13 +426,21 @@ impl Session {
                 }
             }
         }
-        Ok(ScoreResult { tokens: tokens.to_vec(), nll })
+        Ok(ScoreResult {
+            tokens: tokens.to_vec(),
+            nll,
+        })
     }
 }
 
 /// −log softmax(row)[target], in f64.
 pub fn neg_log_softmax(row: &[f32], target: usize) -> f64 {
     let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-    let lse = row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
+    let lse = row
+        .iter()
+        .map(|&v| (v as f64 - max).exp())
+        .sum::<f64>()
+        .ln()
+        + max;
     lse - row[target] as f64
 }

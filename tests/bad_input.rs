@@ -9,7 +9,9 @@ use safetensors::{Dtype, SafeTensors};
 use tempfile::TempDir;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 /// A writable copy of a fixture.
@@ -32,7 +34,10 @@ fn load_err(dir: &Path) -> bit_ttt::Error {
 fn assert_mentions(err: &bit_ttt::Error, kind: ErrorKind, words: &[&str]) {
     assert_eq!(err.kind(), kind, "{err}");
     for w in words {
-        assert!(err.message().contains(w), "error {err:?} does not mention {w:?}");
+        assert!(
+            err.message().contains(w),
+            "error {err:?} does not mention {w:?}"
+        );
     }
 }
 
@@ -65,7 +70,10 @@ fn missing_folder_and_files() {
         fs::remove_file(dir.path().join(file)).unwrap();
         let e = load_err(dir.path());
         assert_eq!(e.kind(), ErrorKind::Io, "{file}: {e}");
-        assert!(e.message().contains(file.split('.').next().unwrap()), "{file}: {e}");
+        assert!(
+            e.message().contains(file.split('.').next().unwrap()),
+            "{file}: {e}"
+        );
     }
 }
 
@@ -77,7 +85,11 @@ fn truncated_safetensors() {
     for cut in [0, 4, 8, 100, bytes.len() / 2, bytes.len() - 1] {
         fs::write(&path, &bytes[..cut]).unwrap();
         let e = load_err(dir.path());
-        assert_mentions(&e, ErrorKind::InvalidModel, &["model.safetensors", "safetensors"]);
+        assert_mentions(
+            &e,
+            ErrorKind::InvalidModel,
+            &["model.safetensors", "safetensors"],
+        );
     }
 }
 
@@ -103,11 +115,18 @@ fn header_offsets_that_lie() {
 fn wrong_shape_and_dtype_name_the_tensor() {
     let dir = copy_of(FIX);
     rewrite(dir.path(), |t| {
-        let q = t.iter_mut().find(|t| t.0 == "model.layers.1.self_attn.k_proj.weight").unwrap();
+        let q = t
+            .iter_mut()
+            .find(|t| t.0 == "model.layers.1.self_attn.k_proj.weight")
+            .unwrap();
         q.2 = vec![q.2[0] * 2, q.2[1] / 2];
     });
     let e = load_err(dir.path());
-    assert_mentions(&e, ErrorKind::InvalidModel, &["model.layers.1.self_attn.k_proj.weight", "expected [6, 72]"]);
+    assert_mentions(
+        &e,
+        ErrorKind::InvalidModel,
+        &["model.layers.1.self_attn.k_proj.weight", "expected [6, 72]"],
+    );
 
     let dir = copy_of(FIX);
     rewrite(dir.path(), |t| {
@@ -122,28 +141,48 @@ fn wrong_shape_and_dtype_name_the_tensor() {
 #[test]
 fn missing_tensor_is_named() {
     let dir = copy_of(FIX);
-    rewrite(dir.path(), |t| t.retain(|t| t.0 != "model.layers.0.mlp.ffn_sub_norm.weight"));
+    rewrite(dir.path(), |t| {
+        t.retain(|t| t.0 != "model.layers.0.mlp.ffn_sub_norm.weight")
+    });
     let e = load_err(dir.path());
-    assert_mentions(&e, ErrorKind::InvalidModel, &["model.layers.0.mlp.ffn_sub_norm.weight", "missing"]);
+    assert_mentions(
+        &e,
+        ErrorKind::InvalidModel,
+        &["model.layers.0.mlp.ffn_sub_norm.weight", "missing"],
+    );
 }
 
 #[test]
 fn invalid_ternary_data_is_named() {
     let dir = copy_of(FIX);
     rewrite(dir.path(), |t| {
-        let w = t.iter_mut().find(|t| t.0 == "model.layers.0.mlp.up_proj.weight").unwrap();
+        let w = t
+            .iter_mut()
+            .find(|t| t.0 == "model.layers.0.mlp.up_proj.weight")
+            .unwrap();
         w.3[5] = 0xFF; // code 3 is not a ternary value
     });
     let e = load_err(dir.path());
-    assert_mentions(&e, ErrorKind::InvalidModel, &["model.layers.0.mlp.up_proj.weight", "code 3"]);
+    assert_mentions(
+        &e,
+        ErrorKind::InvalidModel,
+        &["model.layers.0.mlp.up_proj.weight", "code 3"],
+    );
 
     let dir = copy_of("bitnet_ternary_bf16");
     rewrite(dir.path(), |t| {
-        let w = t.iter_mut().find(|t| t.0 == "model.layers.1.self_attn.o_proj.weight").unwrap();
+        let w = t
+            .iter_mut()
+            .find(|t| t.0 == "model.layers.1.self_attn.o_proj.weight")
+            .unwrap();
         w.3[0..2].copy_from_slice(&half::bf16::from_f32(0.37).to_le_bytes());
     });
     let e = load_err(dir.path());
-    assert_mentions(&e, ErrorKind::InvalidModel, &["o_proj.weight", "not ternary"]);
+    assert_mentions(
+        &e,
+        ErrorKind::InvalidModel,
+        &["o_proj.weight", "not ternary"],
+    );
 }
 
 fn edit_config(dir: &Path, from: &str, to: &str) {
@@ -156,10 +195,30 @@ fn edit_config(dir: &Path, from: &str, to: &str) {
 #[test]
 fn bad_configs_are_named() {
     let cases = [
-        ("\"model_type\": \"bitnet\"", "\"model_type\": \"mamba\"", ErrorKind::Unsupported, "mamba"),
-        ("\"num_key_value_heads\": 2", "\"num_key_value_heads\": 4", ErrorKind::InvalidModel, "num_key_value_heads"),
-        ("\"hidden_size\": 72", "\"hidden_size\": 0", ErrorKind::InvalidModel, "hidden_size"),
-        ("\"linear_class\": \"autobitlinear\"", "\"linear_class\": \"fancy\"", ErrorKind::Unsupported, "fancy"),
+        (
+            "\"model_type\": \"bitnet\"",
+            "\"model_type\": \"mamba\"",
+            ErrorKind::Unsupported,
+            "mamba",
+        ),
+        (
+            "\"num_key_value_heads\": 2",
+            "\"num_key_value_heads\": 4",
+            ErrorKind::InvalidModel,
+            "num_key_value_heads",
+        ),
+        (
+            "\"hidden_size\": 72",
+            "\"hidden_size\": 0",
+            ErrorKind::InvalidModel,
+            "hidden_size",
+        ),
+        (
+            "\"linear_class\": \"autobitlinear\"",
+            "\"linear_class\": \"fancy\"",
+            ErrorKind::Unsupported,
+            "fancy",
+        ),
         ("{", "{{", ErrorKind::InvalidModel, "config.json"),
     ];
     for (from, to, kind, word) in cases {
@@ -173,11 +232,33 @@ fn bad_configs_are_named() {
 #[test]
 fn prompt_longer_than_context() {
     let model = Model::load(fixture(FIX), &ModelParams::default()).unwrap();
-    let mut s = Session::new(&model, &SessionParams { n_ctx: 8, n_batch: 4 }).unwrap();
-    let e = s.generate("a b c d e f g h i j k l m n o p", &GenerateParams::default(), |_| true).unwrap_err();
+    let mut s = Session::new(
+        &model,
+        &SessionParams {
+            n_ctx: 8,
+            n_batch: 4,
+        },
+    )
+    .unwrap();
+    let e = s
+        .generate(
+            "a b c d e f g h i j k l m n o p",
+            &GenerateParams::default(),
+            |_| true,
+        )
+        .unwrap_err();
     assert_mentions(&e, ErrorKind::ContextFull, &["does not fit"]);
     // The session is still usable.
-    let r = s.generate("a", &GenerateParams { max_tokens: 2, ..Default::default() }, |_| true).unwrap();
+    let r = s
+        .generate(
+            "a",
+            &GenerateParams {
+                max_tokens: 2,
+                ..Default::default()
+            },
+            |_| true,
+        )
+        .unwrap();
     assert_eq!(r.tokens.len(), 2);
 }
 
@@ -185,11 +266,29 @@ fn prompt_longer_than_context() {
 fn absurd_parameters_are_rejected() {
     let model = Model::load(fixture(FIX), &ModelParams::default()).unwrap();
     assert_eq!(
-        Session::new(&model, &SessionParams { n_ctx: 1 << 30, n_batch: 4 }).err().unwrap().kind(),
+        Session::new(
+            &model,
+            &SessionParams {
+                n_ctx: 1 << 30,
+                n_batch: 4
+            }
+        )
+        .err()
+        .unwrap()
+        .kind(),
         ErrorKind::InvalidArgument
     );
     assert_eq!(
-        Session::new(&model, &SessionParams { n_ctx: 16, n_batch: 0 }).err().unwrap().kind(),
+        Session::new(
+            &model,
+            &SessionParams {
+                n_ctx: 16,
+                n_batch: 0
+            }
+        )
+        .err()
+        .unwrap()
+        .kind(),
         ErrorKind::InvalidArgument
     );
     let mut s = Session::new(&model, &SessionParams::default()).unwrap();
@@ -197,6 +296,8 @@ fn absurd_parameters_are_rejected() {
     p.sampling.top_p = 2.0;
     let e = s.generate("hi", &p, |_| true).unwrap_err();
     assert_mentions(&e, ErrorKind::InvalidArgument, &["top_p"]);
-    let e = s.generate_tokens(&[1_000_000], &GenerateParams::default(), |_| true).unwrap_err();
+    let e = s
+        .generate_tokens(&[1_000_000], &GenerateParams::default(), |_| true)
+        .unwrap_err();
     assert_mentions(&e, ErrorKind::InvalidArgument, &["1000000"]);
 }

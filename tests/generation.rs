@@ -3,7 +3,9 @@
 use std::path::Path;
 use std::sync::mpsc;
 
-use bit_ttt::{GenerateParams, Model, ModelParams, SamplingParams, Session, SessionParams, StopReason};
+use bit_ttt::{
+    GenerateParams, Model, ModelParams, SamplingParams, Session, SessionParams, StopReason,
+};
 
 fn model() -> Model {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bitnet_packed_auto");
@@ -11,11 +13,23 @@ fn model() -> Model {
 }
 
 fn session(m: &Model) -> Session {
-    Session::new(m, &SessionParams { n_ctx: 256, n_batch: 16 }).unwrap()
+    Session::new(
+        m,
+        &SessionParams {
+            n_ctx: 256,
+            n_batch: 16,
+        },
+    )
+    .unwrap()
 }
 
 fn greedy(max_tokens: usize) -> GenerateParams {
-    GenerateParams { sampling: SamplingParams::greedy(), max_tokens, ignore_eos: true, ..Default::default() }
+    GenerateParams {
+        sampling: SamplingParams::greedy(),
+        max_tokens,
+        ignore_eos: true,
+        ..Default::default()
+    }
 }
 
 const PROMPT: &str = "Once upon a time there was";
@@ -27,16 +41,21 @@ fn same_seed_same_text_and_streamed_text_equals_result() {
         let mut s = session(&m);
         let mut streamed = String::new();
         let p = GenerateParams {
-            sampling: SamplingParams { temperature: 1.0, seed, ..Default::default() },
+            sampling: SamplingParams {
+                temperature: 1.0,
+                seed,
+                ..Default::default()
+            },
             max_tokens: 40,
             ignore_eos: true,
             ..Default::default()
         };
-        let r = s.generate(PROMPT, &p, |ev| {
-            streamed += ev.text;
-            true
-        })
-        .unwrap();
+        let r = s
+            .generate(PROMPT, &p, |ev| {
+                streamed += ev.text;
+                true
+            })
+            .unwrap();
         assert_eq!(streamed, r.text);
         assert_eq!(r.stop_reason, StopReason::MaxTokens);
         r.tokens
@@ -54,7 +73,10 @@ fn stop_string_ends_generation_before_it() {
     let stop: String = chars[chars.len() / 2..chars.len() / 2 + 3].iter().collect();
     let cut = full.text.find(&stop).unwrap();
     let mut streamed = String::new();
-    let p = GenerateParams { stop: vec![stop.clone()], ..greedy(30) };
+    let p = GenerateParams {
+        stop: vec![stop.clone()],
+        ..greedy(30)
+    };
     let r = session(&m)
         .generate(PROMPT, &p, |ev| {
             streamed += ev.text;
@@ -71,11 +93,21 @@ fn stop_string_ends_generation_before_it() {
 fn stop_tokens_callbacks_and_max_tokens() {
     let m = model();
     let full = session(&m).generate(PROMPT, &greedy(10), |_| true).unwrap();
-    assert_eq!((full.tokens.len(), full.stop_reason), (10, StopReason::MaxTokens));
+    assert_eq!(
+        (full.tokens.len(), full.stop_reason),
+        (10, StopReason::MaxTokens)
+    );
 
-    let p = GenerateParams { stop_tokens: vec![full.tokens[3]], ..greedy(10) };
+    let p = GenerateParams {
+        stop_tokens: vec![full.tokens[3]],
+        ..greedy(10)
+    };
     let r = session(&m).generate(PROMPT, &p, |_| true).unwrap();
-    let first = full.tokens.iter().position(|&t| t == full.tokens[3]).unwrap();
+    let first = full
+        .tokens
+        .iter()
+        .position(|&t| t == full.tokens[3])
+        .unwrap();
     assert_eq!(r.stop_reason, StopReason::StopToken);
     assert_eq!(r.tokens, full.tokens[..=first]);
 
@@ -90,7 +122,11 @@ fn stop_tokens_callbacks_and_max_tokens() {
 
     // The model's own EOS ends generation unless ignored.
     let eos = m.stop_tokens()[0];
-    let p = GenerateParams { stop_tokens: vec![], ignore_eos: false, ..greedy(10) };
+    let p = GenerateParams {
+        stop_tokens: vec![],
+        ignore_eos: false,
+        ..greedy(10)
+    };
     let r = session(&m).generate(PROMPT, &p, |_| true).unwrap();
     assert!(r.stop_reason == StopReason::MaxTokens || r.tokens.last() == Some(&eos));
 }
@@ -99,7 +135,14 @@ fn stop_tokens_callbacks_and_max_tokens() {
 fn context_full_is_a_stop_reason() {
     let m = model();
     let n_prompt = m.tokenize(PROMPT, true).unwrap().len();
-    let mut s = Session::new(&m, &SessionParams { n_ctx: n_prompt + 3, n_batch: 4 }).unwrap();
+    let mut s = Session::new(
+        &m,
+        &SessionParams {
+            n_ctx: n_prompt + 3,
+            n_batch: 4,
+        },
+    )
+    .unwrap();
     let r = s.generate(PROMPT, &greedy(0), |_| true).unwrap();
     assert_eq!(r.stop_reason, StopReason::ContextFull);
     // Three more positions hold three generated tokens; the fourth is sampled from the last.
@@ -120,11 +163,16 @@ fn generate_continues_the_context_and_reset_forgets_it() {
     // The same conversation in one go gives the same second answer.
     let mut fresh = session(&m);
     let prefix: Vec<u32> = expected[..expected.len() - two.tokens.len()].to_vec();
-    let again = fresh.generate_tokens(&prefix, &greedy(5), |_| true).unwrap();
+    let again = fresh
+        .generate_tokens(&prefix, &greedy(5), |_| true)
+        .unwrap();
     assert_eq!(again.tokens, two.tokens);
     s.reset();
     assert!(s.tokens().is_empty());
-    assert_eq!(s.generate(PROMPT, &greedy(5), |_| true).unwrap().tokens, one.tokens);
+    assert_eq!(
+        s.generate(PROMPT, &greedy(5), |_| true).unwrap().tokens,
+        one.tokens
+    );
 }
 
 #[test]

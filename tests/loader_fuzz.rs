@@ -10,12 +10,20 @@ use tempfile::TempDir;
 const FIX: &str = "bitnet_packed_auto";
 
 fn fixture_file(name: &str) -> Vec<u8> {
-    fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(FIX).join(name)).unwrap()
+    fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(FIX)
+            .join(name),
+    )
+    .unwrap()
 }
 
 fn folder_with(safetensors: &[u8], config: &[u8]) -> TempDir {
     let tmp = TempDir::new().unwrap();
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(FIX);
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(FIX);
     for f in ["tokenizer.json", "tokenizer_config.json"] {
         fs::copy(src.join(f), tmp.path().join(f)).unwrap();
     }

@@ -26,26 +26,49 @@ const LOGIT_TOL: f32 = 0.25;
 const GAP_TOL: f64 = 0.5;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 fn reference(dir: &Path) -> (Value, safetensors::SafeTensors<'static>) {
-    let json: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
-    let bytes: &'static [u8] = Box::leak(std::fs::read(dir.join("reference.safetensors")).unwrap().into_boxed_slice());
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+            .unwrap();
+    let bytes: &'static [u8] = Box::leak(
+        std::fs::read(dir.join("reference.safetensors"))
+            .unwrap()
+            .into_boxed_slice(),
+    );
     (json, safetensors::SafeTensors::deserialize(bytes).unwrap())
 }
 
 fn f32s(t: &safetensors::tensor::TensorView) -> Vec<f32> {
-    t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    t.data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn load(name: &str) -> (Model, Session) {
-    let model = Model::load(fixture(name), &ModelParams::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let session = Session::new(&model, &SessionParams { n_ctx: 256, n_batch: 7 }).unwrap();
+    let model = Model::load(fixture(name), &ModelParams::default())
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let session = Session::new(
+        &model,
+        &SessionParams {
+            n_ctx: 256,
+            n_batch: 7,
+        },
+    )
+    .unwrap();
     (model, session)
 }
 
@@ -58,20 +81,27 @@ fn logits_match_transformers() {
         let (mut max_err, mut top1_agree, mut positions) = (0.0f32, 0, 0);
         for (i, p) in json["prompts"].as_array().unwrap().iter().enumerate() {
             let prompt = ids(&p["ids"]);
-            assert_eq!(model.tokenize(p["text"].as_str().unwrap(), true).unwrap(), prompt, "{name}: tokenizer");
+            assert_eq!(
+                model.tokenize(p["text"].as_str().unwrap(), true).unwrap(),
+                prompt,
+                "{name}: tokenizer"
+            );
             session.reset();
             let ours = session.eval(&prompt).unwrap();
             let theirs = f32s(&tensors.tensor(&format!("logits_{i}")).unwrap());
             assert_eq!(ours.len(), theirs.len());
             for (a, b) in ours.chunks(vocab).zip(theirs.chunks(vocab)) {
                 positions += 1;
-                top1_agree += usize::from(bit_ttt::sampling::argmax(a) == bit_ttt::sampling::argmax(b));
+                top1_agree +=
+                    usize::from(bit_ttt::sampling::argmax(a) == bit_ttt::sampling::argmax(b));
                 for (x, y) in a.iter().zip(b) {
                     max_err = max_err.max((x - y).abs());
                 }
             }
         }
-        println!("{name}: max |logit error| {max_err:.2e}, top-1 agreement {top1_agree}/{positions}");
+        println!(
+            "{name}: max |logit error| {max_err:.2e}, top-1 agreement {top1_agree}/{positions}"
+        );
         assert!(max_err < LOGIT_TOL, "{name}: max logit error {max_err}");
     }
 }
@@ -83,9 +113,19 @@ fn nll_matches_transformers() {
         let (json, _) = reference(&fixture(name));
         let score = &json["score"];
         let tokens = ids(&score["ids"]);
-        assert_eq!(model.tokenize(score["text"].as_str().unwrap(), true).unwrap(), tokens);
+        assert_eq!(
+            model
+                .tokenize(score["text"].as_str().unwrap(), true)
+                .unwrap(),
+            tokens
+        );
         let ours = session.score_tokens(&tokens).unwrap();
-        let theirs: Vec<f64> = score["nll"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        let theirs: Vec<f64> = score["nll"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
         let (a, b) = (ours.nll_sum(), theirs.iter().sum::<f64>());
         let rel = ((a - b) / b).abs();
         println!("{name}: NLL sum {a:.5} vs {b:.5} (relative error {rel:.2e})");
@@ -100,7 +140,12 @@ fn greedy_continuations_match_transformers() {
         let (json, _) = reference(&fixture(name));
         for p in json["prompts"].as_array().unwrap() {
             let want = ids(&p["greedy"]);
-            let gaps: Vec<f64> = p["gaps"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+            let gaps: Vec<f64> = p["gaps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect();
             let params = GenerateParams {
                 sampling: SamplingParams::greedy(),
                 max_tokens: want.len(),
@@ -108,10 +153,20 @@ fn greedy_continuations_match_transformers() {
                 ..Default::default()
             };
             session.reset();
-            let got = session.generate_tokens(&ids(&p["ids"]), &params, |_| true).unwrap();
+            let got = session
+                .generate_tokens(&ids(&p["ids"]), &params, |_| true)
+                .unwrap();
             // Compare up to and including the first near-tie of the reference.
-            let checked = gaps.iter().position(|&g| g < GAP_TOL).map_or(want.len(), |i| i + 1);
-            assert_eq!(got.tokens[..checked], want[..checked], "{name}: {:?} (gaps {gaps:?})", p["text"]);
+            let checked = gaps
+                .iter()
+                .position(|&g| g < GAP_TOL)
+                .map_or(want.len(), |i| i + 1);
+            assert_eq!(
+                got.tokens[..checked],
+                want[..checked],
+                "{name}: {:?} (gaps {gaps:?})",
+                p["text"]
+            );
         }
     }
 }
@@ -126,7 +181,12 @@ fn chat_template_renders_as_transformers() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|m| bit_ttt::ChatMessage::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+            .map(|m| {
+                bit_ttt::ChatMessage::new(
+                    m["role"].as_str().unwrap(),
+                    m["content"].as_str().unwrap(),
+                )
+            })
             .collect();
         let text = model.apply_chat_template(&messages, true).unwrap();
         assert_eq!(text, chat["text"].as_str().unwrap(), "{name}");

@@ -32,7 +32,11 @@ fn expected() -> Value {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 #[test]
@@ -40,7 +44,10 @@ fn ids_match_python_tokenizers() {
     let Some(dir) = tokenizer_dir() else { return };
     let tok = Tokenizer::from_dir(&dir).unwrap();
     let exp = expected();
-    assert_eq!(tok.vocab_size(), exp["vocab_size"].as_u64().unwrap() as usize);
+    assert_eq!(
+        tok.vocab_size(),
+        exp["vocab_size"].as_u64().unwrap() as usize
+    );
     for e in exp["encodings"].as_array().unwrap() {
         let text = e["text"].as_str().unwrap();
         assert_eq!(tok.encode(text, true).unwrap(), ids(&e["ids"]), "{text:?}");
@@ -76,7 +83,10 @@ fn streaming_detokenizer_emits_whole_characters() {
         let mut out = String::new();
         for &id in &ids {
             let piece = d.push(&tok, id).unwrap();
-            assert!(!piece.contains('\u{FFFD}'), "partial character emitted for {text:?}: {piece:?}");
+            assert!(
+                !piece.contains('\u{FFFD}'),
+                "partial character emitted for {text:?}: {piece:?}"
+            );
             out += &piece;
         }
         out += &d.flush(&tok).unwrap();

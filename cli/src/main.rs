@@ -4,12 +4,18 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use bit_ttt::{ChatMessage, GenerateParams, Model, ModelParams, SamplingParams, Session, SessionParams};
+use bit_ttt::{
+    ChatMessage, GenerateParams, Model, ModelParams, SamplingParams, Session, SessionParams,
+};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
 #[derive(Parser)]
-#[command(name = "bit-ttt", version, about = "Ternary (BitNet b1.58) LLM inference on CPU")]
+#[command(
+    name = "bit-ttt",
+    version,
+    about = "Ternary (BitNet b1.58) LLM inference on CPU"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -42,8 +48,19 @@ struct ModelArgs {
 
 impl ModelArgs {
     fn load(&self) -> bit_ttt::Result<(Model, Session)> {
-        let model = Model::load(&self.model, &ModelParams { n_threads: self.threads })?;
-        let session = Session::new(&model, &SessionParams { n_ctx: self.ctx, ..Default::default() })?;
+        let model = Model::load(
+            &self.model,
+            &ModelParams {
+                n_threads: self.threads,
+            },
+        )?;
+        let session = Session::new(
+            &model,
+            &SessionParams {
+                n_ctx: self.ctx,
+                ..Default::default()
+            },
+        )?;
         Ok((model, session))
     }
 }
@@ -183,14 +200,22 @@ fn generate(a: &GenerateArgs) -> bit_ttt::Result<()> {
 
 fn chat(a: &ChatArgs) -> bit_ttt::Result<()> {
     let (model, mut session) = a.model.load()?;
-    let mut messages: Vec<ChatMessage> = a.system.iter().map(|s| ChatMessage::new("system", s)).collect();
+    let mut messages: Vec<ChatMessage> = a
+        .system
+        .iter()
+        .map(|s| ChatMessage::new("system", s))
+        .collect();
     let stdin = std::io::stdin();
     let mut out = std::io::stdout().lock();
     loop {
         write!(out, "> ").ok();
         out.flush().ok();
         let mut line = String::new();
-        if stdin.lock().read_line(&mut line).map_err(|e| bit_ttt::Error::new(bit_ttt::ErrorKind::Io, e.to_string()))? == 0
+        if stdin
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| bit_ttt::Error::new(bit_ttt::ErrorKind::Io, e.to_string()))?
+            == 0
             || line.trim().is_empty()
         {
             return Ok(());
@@ -213,7 +238,10 @@ fn chat(a: &ChatArgs) -> bit_ttt::Result<()> {
 fn score(a: &ScoreArgs) -> bit_ttt::Result<()> {
     let bytes = std::fs::read(&a.text_file).map_err(|e| bit_ttt::Error::io(&a.text_file, &e))?;
     let text = String::from_utf8(bytes).map_err(|e| {
-        bit_ttt::Error::new(bit_ttt::ErrorKind::InvalidUtf8, format!("{}: {e}", a.text_file.display()))
+        bit_ttt::Error::new(
+            bit_ttt::ErrorKind::InvalidUtf8,
+            format!("{}: {e}", a.text_file.display()),
+        )
     })?;
     let (_, mut session) = a.model.load()?;
     let s = session.score(&text)?;
@@ -268,11 +296,24 @@ fn info(a: &InfoArgs) -> bit_ttt::Result<()> {
     println!("family       {:?}", i.family);
     println!(
         "shape        hidden {}, ffn {}, layers {}, heads {} (kv {}), vocab {}, max positions {}",
-        i.hidden_size, i.intermediate_size, i.num_layers, i.num_heads, i.num_kv_heads, i.vocab_size, i.max_position_embeddings
+        i.hidden_size,
+        i.intermediate_size,
+        i.num_layers,
+        i.num_heads,
+        i.num_kv_heads,
+        i.vocab_size,
+        i.max_position_embeddings
     );
-    println!("parameters   {} ({} ternary)", i.n_params, i.n_ternary_params);
+    println!(
+        "parameters   {} ({} ternary)",
+        i.n_params, i.n_ternary_params
+    );
     println!("weights      {} as loaded", human(i.weight_bytes));
-    println!("fp16         {} for the same parameters ({:.1}% saved)", human(i.fp16_bytes), saved * 100.0);
+    println!(
+        "fp16         {} for the same parameters ({:.1}% saved)",
+        human(i.fp16_bytes),
+        saved * 100.0
+    );
     println!("threads      {}", model.n_threads());
     Ok(())
 }

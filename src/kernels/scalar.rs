@@ -11,7 +11,14 @@ const ROWS_PER_TASK: usize = 64;
 
 /// `acc[t][r] = Σ_c T[r][c] · q[t][c]` for a ternary matrix `[rows, cols]` in the Hugging Face
 /// packed layout (see `quant::pack_ternary`) and `n_tok` int8 activation rows.
-pub fn ternary_gemm(packed: &[u8], rows: usize, cols: usize, q: &[i8], n_tok: usize, acc: &mut [i32]) {
+pub fn ternary_gemm(
+    packed: &[u8],
+    rows: usize,
+    cols: usize,
+    q: &[i8],
+    n_tok: usize,
+    acc: &mut [i32],
+) {
     let slab = crate::quant::packed_rows(rows);
     assert_eq!(packed.len(), slab * cols, "ternary_gemm: packed size");
     assert_eq!(q.len(), n_tok * cols, "ternary_gemm: activation size");
@@ -64,7 +71,9 @@ pub fn dense_gemm(
             || vec![0f32; cols],
             |w, r| {
                 row(r, w);
-                (0..n_tok).map(|t| dot(w, &x[t * cols..(t + 1) * cols])).collect()
+                (0..n_tok)
+                    .map(|t| dot(w, &x[t * cols..(t + 1) * cols]))
+                    .collect()
             },
         )
         .collect();
@@ -124,8 +133,12 @@ mod tests {
     #[test]
     fn ternary_gemm_matches_naive() {
         let (rows, cols, n_tok) = (13, 37, 3);
-        let t: Vec<i8> = (0..rows * cols).map(|i| ((i * 7 + i / 5) % 3) as i8 - 1).collect();
-        let q: Vec<i8> = (0..n_tok * cols).map(|i| ((i * 31) % 256) as u8 as i8).collect();
+        let t: Vec<i8> = (0..rows * cols)
+            .map(|i| ((i * 7 + i / 5) % 3) as i8 - 1)
+            .collect();
+        let q: Vec<i8> = (0..n_tok * cols)
+            .map(|i| ((i * 31) % 256) as u8 as i8)
+            .collect();
         let packed = pack_ternary(&t, rows, cols);
         let mut acc = vec![0; n_tok * rows];
         ternary_gemm(&packed, rows, cols, &q, n_tok, &mut acc);

@@ -25,7 +25,10 @@ impl Deref for Backing {
 /// A byte slice that keeps its file alive.
 #[derive(Clone)]
 pub enum Bytes {
-    Shared { file: Arc<Backing>, range: Range<usize> },
+    Shared {
+        file: Arc<Backing>,
+        range: Range<usize>,
+    },
     Owned(Arc<Vec<u8>>),
 }
 
@@ -51,6 +54,11 @@ impl Deref for Bytes {
 
 impl std::fmt::Debug for Bytes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Bytes({} bytes, mapped: {})", self.len(), self.is_mapped())
+        write!(
+            f,
+            "Bytes({} bytes, mapped: {})",
+            self.len(),
+            self.is_mapped()
+        )
     }
 }

@@ -23,13 +23,19 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
         let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, &e))?;
         let json: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| Error::invalid_model(format!("{}: {e}", index.display())))?;
-        let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
-            Error::invalid_model(format!("{}: no `weight_map` object", index.display()))
-        })?;
+        let map = json
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| {
+                Error::invalid_model(format!("{}: no `weight_map` object", index.display()))
+            })?;
         let mut files = BTreeSet::new();
         for (tensor, file) in map {
             let file = file.as_str().ok_or_else(|| {
-                Error::invalid_model(format!("{}: file of `{tensor}` is not a string", index.display()))
+                Error::invalid_model(format!(
+                    "{}: file of `{tensor}` is not a string",
+                    index.display()
+                ))
             })?;
             if file.contains('/') || file.contains('\\') || file == ".." {
                 return Err(Error::invalid_model(format!(
@@ -47,7 +53,10 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     Err(Error::new(
         crate::ErrorKind::Io,
-        format!("{}: no model.safetensors or model.safetensors.index.json", dir.display()),
+        format!(
+            "{}: no model.safetensors or model.safetensors.index.json",
+            dir.display()
+        ),
     ))
 }
 
@@ -55,7 +64,10 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 /// allows it.
 pub fn load_weights(dir: &Path) -> Result<Weights> {
     if !dir.is_dir() {
-        return Err(Error::new(crate::ErrorKind::Io, format!("{}: not a model folder", dir.display())));
+        return Err(Error::new(
+            crate::ErrorKind::Io,
+            format!("{}: not a model folder", dir.display()),
+        ));
     }
     let config = Config::from_file(&dir.join("config.json"))?;
     let mut store = TensorStore::default();
@@ -76,14 +88,19 @@ fn float_matrix(t: &Tensor, rows: usize, cols: usize) -> Result<FloatMatrix> {
         return Err(t.error(format!("dtype {:?}, expected a float type", t.dtype)));
     }
     t.expect_shape(&[rows, cols])?;
-    Ok(FloatMatrix { rows, cols, dtype: t.dtype, data: t.data.clone() })
+    Ok(FloatMatrix {
+        rows,
+        cols,
+        dtype: t.dtype,
+        data: t.data.clone(),
+    })
 }
 
 /// Matches transformers' `modules_to_not_convert` (a module name or a suffix of one).
 fn kept_in_float(cfg: &Config, module: &str) -> bool {
-    cfg.modules_to_not_convert
-        .iter()
-        .any(|m| module == m || module.ends_with(&format!(".{m}")) || module.starts_with(&format!("{m}.")))
+    cfg.modules_to_not_convert.iter().any(|m| {
+        module == m || module.ends_with(&format!(".{m}")) || module.starts_with(&format!("{m}."))
+    })
 }
 
 /// γ from the checkpoint's `weight_scale` under the config's linear class.
@@ -102,12 +119,25 @@ fn gamma_from_scale(store: &TensorStore, module: &str, class: LinearClass) -> Re
     })
 }
 
-fn load_linear(store: &TensorStore, cfg: &Config, module: &str, rows: usize, cols: usize) -> Result<Linear> {
+fn load_linear(
+    store: &TensorStore,
+    cfg: &Config,
+    module: &str,
+    rows: usize,
+    cols: usize,
+) -> Result<Linear> {
     let t = store.require(&format!("{module}.weight"))?;
     if kept_in_float(cfg, module) {
         return Ok(Linear::Dense(float_matrix(t, rows, cols)?));
     }
-    let ternary = |packed: Bytes, gamma: f32| Linear::Ternary(TernaryMatrix { rows, cols, packed, gamma });
+    let ternary = |packed: Bytes, gamma: f32| {
+        Linear::Ternary(TernaryMatrix {
+            rows,
+            cols,
+            packed,
+            gamma,
+        })
+    };
     match (t.dtype, cfg.quant_mode) {
         (DType::U8 | DType::I8, QuantMode::Offline) => {
             t.expect_shape(&[quant::packed_rows(rows), cols])?;
@@ -170,7 +200,11 @@ pub fn build_weights(config: Config, store: &TensorStore) -> Result<Weights> {
         };
         layers.push(LayerWeights {
             input_norm: float_vector(store, &format!("{p}.input_layernorm.weight"), h)?,
-            post_attention_norm: float_vector(store, &format!("{p}.post_attention_layernorm.weight"), h)?,
+            post_attention_norm: float_vector(
+                store,
+                &format!("{p}.post_attention_layernorm.weight"),
+                h,
+            )?,
             attn_sub_norm: sub("self_attn.attn_sub_norm", h)?,
             ffn_sub_norm: sub("mlp.ffn_sub_norm", ffn)?,
             q: lin("self_attn.q_proj", c.q_dim(), h)?,
@@ -186,7 +220,17 @@ pub fn build_weights(config: Config, store: &TensorStore) -> Result<Weights> {
     let lm_head = if c.tie_word_embeddings {
         None
     } else {
-        Some(float_matrix(store.require("lm_head.weight")?, c.vocab_size, h)?)
+        Some(float_matrix(
+            store.require("lm_head.weight")?,
+            c.vocab_size,
+            h,
+        )?)
     };
-    Ok(Weights { config, embed, layers, final_norm, lm_head })
+    Ok(Weights {
+        config,
+        embed,
+        layers,
+        final_norm,
+        lm_head,
+    })
 }

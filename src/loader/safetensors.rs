@@ -57,7 +57,10 @@ impl Tensor {
     pub fn to_f32(&self) -> Result<Vec<f32>> {
         let b = &*self.data;
         Ok(match self.dtype {
-            DType::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            DType::F32 => b
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
             DType::BF16 => b
                 .chunks_exact(2)
                 .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
@@ -74,7 +77,11 @@ impl Tensor {
 
     /// An InvalidModel error naming this tensor and its file.
     pub fn error(&self, what: impl std::fmt::Display) -> Error {
-        Error::invalid_model(format!("tensor `{}` in {}: {what}", self.name, self.file.display()))
+        Error::invalid_model(format!(
+            "tensor `{}` in {}: {what}",
+            self.name,
+            self.file.display()
+        ))
     }
 
     /// Checks the shape, with an error that shows expected and found.
@@ -118,14 +125,21 @@ impl TensorStore {
         let backing = Arc::new(backing);
         let file = Arc::new(path.to_path_buf());
         let bad = |e: safetensors::SafeTensorError| {
-            Error::invalid_model(format!("{}: not a valid safetensors file: {e}", path.display()))
+            Error::invalid_model(format!(
+                "{}: not a valid safetensors file: {e}",
+                path.display()
+            ))
         };
         let parsed = SafeTensors::deserialize(&backing).map_err(bad)?;
         for (name, view) in parsed.tensors() {
             let dtype = dtype_of(view.dtype()).ok_or_else(|| {
                 Error::new(
                     ErrorKind::Unsupported,
-                    format!("tensor `{name}` in {}: dtype {:?} is not supported", path.display(), view.dtype()),
+                    format!(
+                        "tensor `{name}` in {}: dtype {:?} is not supported",
+                        path.display(),
+                        view.dtype()
+                    ),
                 )
             })?;
             // The view borrows the backing; turn it back into an offset range we can own.
@@ -142,7 +156,10 @@ impl TensorStore {
                 file: file.clone(),
                 dtype,
                 shape: view.shape().to_vec(),
-                data: Bytes::Shared { file: backing.clone(), range },
+                data: Bytes::Shared {
+                    file: backing.clone(),
+                    range,
+                },
             };
             self.tensors.insert(name, tensor);
         }
@@ -155,8 +172,9 @@ impl TensorStore {
 
     /// The tensor, or an error naming the missing tensor.
     pub fn require(&self, name: &str) -> Result<&Tensor> {
-        self.get(name)
-            .ok_or_else(|| Error::invalid_model(format!("tensor `{name}` is missing from the checkpoint")))
+        self.get(name).ok_or_else(|| {
+            Error::invalid_model(format!("tensor `{name}` is missing from the checkpoint"))
+        })
     }
 
     pub fn len(&self) -> usize {

@@ -47,7 +47,12 @@ impl Transformer {
         if cache.len() + n > cache.capacity() {
             return Err(Error::new(
                 crate::ErrorKind::ContextFull,
-                format!("{} tokens after {} do not fit in a context of {}", n, cache.len(), cache.capacity()),
+                format!(
+                    "{} tokens after {} do not fit in a context of {}",
+                    n,
+                    cache.len(),
+                    cache.capacity()
+                ),
             ));
         }
         let mut x = vec![0.0f32; n * hidden];
@@ -108,7 +113,14 @@ impl Transformer {
         let head = self.weights.head();
         let n_tok = hidden_states.len() / head.cols;
         let mut out = vec![0.0; n_tok * head.rows];
-        scalar::dense_gemm(head.rows, head.cols, |r, buf| head.row_into(r, buf), hidden_states, n_tok, &mut out);
+        scalar::dense_gemm(
+            head.rows,
+            head.cols,
+            |r, buf| head.row_into(r, buf),
+            hidden_states,
+            n_tok,
+            &mut out,
+        );
         out
     }
 
@@ -117,10 +129,16 @@ impl Transformer {
         let d = cfg.head_dim;
         let mut cos = vec![0.0; self.rope.half_dim()];
         let mut sin = vec![0.0; self.rope.half_dim()];
-        for (t, (qt, kt)) in q.chunks_exact_mut(cfg.q_dim()).zip(k.chunks_exact_mut(cfg.kv_dim())).enumerate() {
+        for (t, (qt, kt)) in q
+            .chunks_exact_mut(cfg.q_dim())
+            .zip(k.chunks_exact_mut(cfg.kv_dim()))
+            .enumerate()
+        {
             self.rope.cos_sin(start + t, &mut cos, &mut sin);
-            qt.chunks_exact_mut(d).for_each(|h| scalar::rope_half_split(h, &cos, &sin));
-            kt.chunks_exact_mut(d).for_each(|h| scalar::rope_half_split(h, &cos, &sin));
+            qt.chunks_exact_mut(d)
+                .for_each(|h| scalar::rope_half_split(h, &cos, &sin));
+            kt.chunks_exact_mut(d)
+                .for_each(|h| scalar::rope_half_split(h, &cos, &sin));
         }
     }
 
@@ -137,7 +155,9 @@ impl Transformer {
                 let kvh = h / group;
                 let qh = &q[t * cfg.q_dim() + h * d..][..d];
                 scores.clear();
-                scores.extend((0..visible).map(|j| scalar::dot(qh, &k[j * kv_dim + kvh * d..][..d]) * scale));
+                scores.extend(
+                    (0..visible).map(|j| scalar::dot(qh, &k[j * kv_dim + kvh * d..][..d]) * scale),
+                );
                 scalar::softmax(&mut scores);
                 let oh = &mut out[t * cfg.q_dim() + h * d..][..d];
                 for (j, &p) in scores.iter().enumerate() {

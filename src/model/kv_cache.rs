@@ -13,7 +13,13 @@ pub struct KvCache {
 impl KvCache {
     /// An empty cache for `layers` layers that can hold up to `capacity` positions.
     pub fn new(layers: usize, kv_dim: usize, capacity: usize) -> Self {
-        Self { k: vec![Vec::new(); layers], v: vec![Vec::new(); layers], kv_dim, len: 0, capacity }
+        Self {
+            k: vec![Vec::new(); layers],
+            v: vec![Vec::new(); layers],
+            kv_dim,
+            len: 0,
+            capacity,
+        }
     }
     /// Positions held.
     pub fn len(&self) -> usize {

@@ -76,7 +76,12 @@ pub struct Activations<'a> {
 impl<'a> Activations<'a> {
     pub fn new(x: &'a [f32], n_tok: usize) -> Self {
         assert!(n_tok > 0 && x.len() % n_tok == 0);
-        Self { x, n_tok, cols: x.len() / n_tok, quantized: OnceCell::new() }
+        Self {
+            x,
+            n_tok,
+            cols: x.len() / n_tok,
+            quantized: OnceCell::new(),
+        }
     }
 
     /// Per-token int8 values and scales s.
@@ -123,16 +128,25 @@ impl Linear {
                 let (q, s) = input.quantized();
                 let mut acc = vec![0i32; input.n_tok * w.rows];
                 scalar::ternary_gemm(&w.packed, w.rows, w.cols, q, input.n_tok, &mut acc);
-                for ((o_row, a_row), &s_t) in out.chunks_exact_mut(w.rows).zip(acc.chunks_exact(w.rows)).zip(s) {
+                for ((o_row, a_row), &s_t) in out
+                    .chunks_exact_mut(w.rows)
+                    .zip(acc.chunks_exact(w.rows))
+                    .zip(s)
+                {
                     let scale = w.gamma / s_t;
                     for (o, &a) in o_row.iter_mut().zip(a_row) {
                         *o = a as f32 * scale;
                     }
                 }
             }
-            Linear::Dense(w) => {
-                scalar::dense_gemm(w.rows, w.cols, |r, buf| w.row_into(r, buf), input.x, input.n_tok, out)
-            }
+            Linear::Dense(w) => scalar::dense_gemm(
+                w.rows,
+                w.cols,
+                |r, buf| w.row_into(r, buf),
+                input.x,
+                input.n_tok,
+                out,
+            ),
         }
     }
 }

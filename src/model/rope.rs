@@ -15,8 +15,12 @@ impl Rope {
         let mut inv_freq: Vec<f32> = (0..dim / 2)
             .map(|i| (1.0 / base.powf((2 * i) as f64 / dim as f64)) as f32)
             .collect();
-        if let RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position } =
-            cfg.rope_scaling
+        if let RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position,
+        } = cfg.rope_scaling
         {
             let low_wavelen = original_max_position / low_freq_factor;
             let high_wavelen = original_max_position / high_freq_factor;

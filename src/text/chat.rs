@@ -15,7 +15,10 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self { role: role.into(), content: content.into() }
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
     }
 }
 
@@ -30,17 +33,25 @@ pub fn render(
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-    env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-        Err(minijinja::Error::new(JinjaErrorKind::InvalidOperation, msg))
-    });
+    env.add_function(
+        "raise_exception",
+        |msg: String| -> std::result::Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(JinjaErrorKind::InvalidOperation, msg))
+        },
+    );
     env.add_template("chat", template)
         .map_err(|e| Error::invalid_model(format!("chat template does not parse: {e}")))?;
-    let tmpl = env.get_template("chat").map_err(|e| Error::internal(e.to_string()))?;
+    let tmpl = env
+        .get_template("chat")
+        .map_err(|e| Error::internal(e.to_string()))?;
     let mut ctx: std::collections::BTreeMap<String, minijinja::Value> = special
         .iter()
         .map(|(k, v)| (k.clone(), minijinja::Value::from(v.as_str())))
         .collect();
-    ctx.insert("messages".into(), minijinja::Value::from_serialize(messages));
+    ctx.insert(
+        "messages".into(),
+        minijinja::Value::from_serialize(messages),
+    );
     ctx.insert("add_generation_prompt".into(), add_generation_prompt.into());
     tmpl.render(context! { ..minijinja::Value::from(ctx) })
         .map_err(|e| Error::invalid_argument(format!("chat template: {e}")))

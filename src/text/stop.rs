@@ -20,20 +20,34 @@ pub struct StopMatcher {
 impl StopMatcher {
     /// Empty stop strings are ignored.
     pub fn new(stops: &[String]) -> Self {
-        Self { stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(), pending: String::new() }
+        Self {
+            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            pending: String::new(),
+        }
     }
 
     pub fn feed(&mut self, piece: &str) -> Fed {
         self.pending.push_str(piece);
-        if let Some(at) = self.stops.iter().filter_map(|s| self.pending.find(s.as_str())).min() {
+        if let Some(at) = self
+            .stops
+            .iter()
+            .filter_map(|s| self.pending.find(s.as_str()))
+            .min()
+        {
             let emit = self.pending[..at].to_string();
             self.pending.clear();
-            return Fed { emit, stopped: true };
+            return Fed {
+                emit,
+                stopped: true,
+            };
         }
         let hold = self.held_suffix();
         let emit = self.pending[..self.pending.len() - hold].to_string();
         self.pending.drain(..self.pending.len() - hold);
-        Fed { emit, stopped: false }
+        Fed {
+            emit,
+            stopped: false,
+        }
     }
 
     /// Releases the held-back text (the stream ended without a stop string).
@@ -47,7 +61,11 @@ impl StopMatcher {
         (1..=p.len())
             .rev()
             .filter(|&k| p.is_char_boundary(p.len() - k))
-            .find(|&k| self.stops.iter().any(|s| s.len() > k && s.starts_with(&p[p.len() - k..])))
+            .find(|&k| {
+                self.stops
+                    .iter()
+                    .any(|s| s.len() > k && s.starts_with(&p[p.len() - k..]))
+            })
             .unwrap_or(0)
     }
 }
@@ -77,12 +95,21 @@ mod tests {
         let mut m = StopMatcher::new(&stops);
         assert_eq!(m.feed("Hello Us").emit, "Hello ");
         let fed = m.feed("er: more");
-        assert_eq!(fed, Fed { emit: String::new(), stopped: true });
+        assert_eq!(
+            fed,
+            Fed {
+                emit: String::new(),
+                stopped: true
+            }
+        );
     }
 
     #[test]
     fn false_start_is_released() {
-        assert_eq!(run(&["User:"], &["a Us", "ually b"]), ("a Usually b".into(), false));
+        assert_eq!(
+            run(&["User:"], &["a Us", "ually b"]),
+            ("a Usually b".into(), false)
+        );
     }
 
     #[test]
@@ -92,7 +119,13 @@ mod tests {
 
     #[test]
     fn multibyte_text_is_held_on_char_boundaries() {
-        assert_eq!(run(&["日本語"], &["これは日", "本", "語です"]), ("これは".into(), true));
-        assert_eq!(run(&["日本語"], &["これは日", "本だ"]), ("これは日本だ".into(), false));
+        assert_eq!(
+            run(&["日本語"], &["これは日", "本", "語です"]),
+            ("これは".into(), true)
+        );
+        assert_eq!(
+            run(&["日本語"], &["これは日", "本だ"]),
+            ("これは日本だ".into(), false)
+        );
     }
 }

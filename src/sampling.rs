@@ -25,7 +25,8 @@ pub struct SamplingParams {
     pub presence_penalty: f32,
     /// Subtracted per occurrence from the logit of every recent token.
     pub frequency_penalty: f32,
-    pub seed: u64,
+    /// Reseeds the session's generator before this call; `None` continues its stream.
+    pub seed: Option<u64>,
 }
 
 impl Default for SamplingParams {
@@ -39,7 +40,7 @@ impl Default for SamplingParams {
             repeat_last_n: 64,
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
-            seed: 0x5EED,
+            seed: None,
         }
     }
 }
@@ -84,6 +85,9 @@ impl SamplingParams {
         Ok(())
     }
 }
+
+/// The seed a session starts with unless told otherwise.
+pub const DEFAULT_SEED: u64 = 0x5EED;
 
 /// xoshiro256** seeded through SplitMix64: small, fast, and its state is four words, which makes
 /// it easy to save with a session and to keep stable across releases.

@@ -19,6 +19,8 @@ pub struct SessionParams {
     pub n_ctx: usize,
     /// Prompt tokens processed per forward pass (and per cancellation check).
     pub n_batch: usize,
+    /// Seed of the sampler's generator (same seed, same samples).
+    pub seed: u64,
 }
 
 impl Default for SessionParams {
@@ -26,6 +28,7 @@ impl Default for SessionParams {
         Self {
             n_ctx: 0,
             n_batch: 512,
+            seed: sampling::DEFAULT_SEED,
         }
     }
 }
@@ -127,6 +130,24 @@ impl ScoreResult {
     }
 }
 
+/// Which parts of a session `reset_parts` clears (a bit set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResetParts(pub u32);
+
+impl ResetParts {
+    /// Tokens in context and the KV cache.
+    pub const CONTEXT: ResetParts = ResetParts(1);
+    /// Adapters learned by `adapt` (none until adapt exists).
+    pub const ADAPTERS: ResetParts = ResetParts(2);
+    /// The sampler's generator, back to the session's seed.
+    pub const RNG: ResetParts = ResetParts(4);
+    pub const ALL: ResetParts = ResetParts(7);
+
+    pub fn contains(self, other: ResetParts) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
 /// Cancels the running call of a session from any thread.
 #[derive(Debug, Clone)]
 pub struct CancelHandle(Arc<AtomicBool>);
@@ -146,6 +167,8 @@ pub struct Session {
     /// Generated tokens not yet run through the model (the last token of a finished call).
     unfed: Vec<TokenId>,
     rng: Rng,
+    /// The seed the session was created with (restored by a reset of the RNG).
+    seed: u64,
     cancel: Arc<AtomicBool>,
     n_batch: usize,
 }
@@ -171,7 +194,8 @@ impl Session {
             cache: KvCache::new(cfg.num_layers, cfg.kv_dim(), n_ctx),
             tokens: Vec::new(),
             unfed: Vec::new(),
-            rng: Rng::new(SamplingParams::default().seed),
+            rng: Rng::new(params.seed),
+            seed: params.seed,
             cancel: Arc::new(AtomicBool::new(false)),
             n_batch: params.n_batch,
         })
@@ -191,11 +215,21 @@ impl Session {
     pub fn cancel_handle(&self) -> CancelHandle {
         CancelHandle(self.cancel.clone())
     }
-    /// Forgets the context.
+    /// Forgets the context (tokens and KV cache).
     pub fn reset(&mut self) {
-        self.cache.clear();
-        self.tokens.clear();
-        self.unfed.clear();
+        self.reset_parts(ResetParts::CONTEXT);
+    }
+
+    /// Resets the chosen parts of the session's state.
+    pub fn reset_parts(&mut self, parts: ResetParts) {
+        if parts.contains(ResetParts::CONTEXT) {
+            self.cache.clear();
+            self.tokens.clear();
+            self.unfed.clear();
+        }
+        if parts.contains(ResetParts::RNG) {
+            self.rng = Rng::new(self.seed);
+        }
     }
 
     fn cancelled(&self) -> bool {
@@ -286,7 +320,9 @@ impl Session {
             self.unfed = input[..input.len() - prompt.len()].to_vec();
             return Err(e);
         }
-        self.rng = Rng::new(params.sampling.seed);
+        if let Some(seed) = params.sampling.seed {
+            self.rng = Rng::new(seed);
+        }
         let start = Instant::now();
         let mut result = GenerateResult {
             text: String::new(),

@@ -237,6 +237,7 @@ fn prompt_longer_than_context() {
         &SessionParams {
             n_ctx: 8,
             n_batch: 4,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -270,7 +271,8 @@ fn absurd_parameters_are_rejected() {
             &model,
             &SessionParams {
                 n_ctx: 1 << 30,
-                n_batch: 4
+                n_batch: 4,
+                ..Default::default()
             }
         )
         .err()
@@ -283,7 +285,8 @@ fn absurd_parameters_are_rejected() {
             &model,
             &SessionParams {
                 n_ctx: 16,
-                n_batch: 0
+                n_batch: 0,
+                ..Default::default()
             }
         )
         .err()

@@ -18,6 +18,7 @@ fn session(m: &Model) -> Session {
         &SessionParams {
             n_ctx: 256,
             n_batch: 16,
+            ..Default::default()
         },
     )
     .unwrap()
@@ -43,7 +44,7 @@ fn same_seed_same_text_and_streamed_text_equals_result() {
         let p = GenerateParams {
             sampling: SamplingParams {
                 temperature: 1.0,
-                seed,
+                seed: Some(seed),
                 ..Default::default()
             },
             max_tokens: 40,
@@ -140,6 +141,7 @@ fn context_full_is_a_stop_reason() {
         &SessionParams {
             n_ctx: n_prompt + 3,
             n_batch: 4,
+            ..Default::default()
         },
     )
     .unwrap();

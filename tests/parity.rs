@@ -66,6 +66,7 @@ fn load(name: &str) -> (Model, Session) {
         &SessionParams {
             n_ctx: 256,
             n_batch: 7,
+            ..Default::default()
         },
     )
     .unwrap();

@@ -86,7 +86,8 @@ struct SamplingArgs {
     presence_penalty: f32,
     #[arg(long, default_value_t = 0.0)]
     frequency_penalty: f32,
-    #[arg(long, default_value_t = 0x5EED)]
+    /// Sampler seed (same seed, same text).
+    #[arg(long, default_value_t = bit_ttt::sampling::DEFAULT_SEED)]
     seed: u64,
     /// Stop before this string (repeatable).
     #[arg(long)]
@@ -104,7 +105,7 @@ impl SamplingArgs {
                 repeat_penalty: self.repeat_penalty,
                 presence_penalty: self.presence_penalty,
                 frequency_penalty: self.frequency_penalty,
-                seed: self.seed,
+                seed: Some(self.seed),
                 ..SamplingParams::default()
             },
             max_tokens: self.max_tokens,

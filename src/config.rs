@@ -4,8 +4,6 @@
 //! ReLU² GLU) and `model_type: llama` with `quantization_config.quant_method: bitnet` (plain
 //! LLaMA block with ternary linears, SiLU GLU).
 
-use std::path::Path;
-
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -195,12 +193,6 @@ fn rope(raw: &RawConfig) -> Result<(f32, RopeScaling)> {
 }
 
 impl Config {
-    /// Reads and validates `config.json`.
-    pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, &e))?;
-        Self::from_json(&text).map_err(|e| e.context(path.display()))
-    }
-
     /// Parses and validates the text of a `config.json`.
     pub fn from_json(text: &str) -> Result<Self> {
         let raw: RawConfig = serde_json::from_str(text)

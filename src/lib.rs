@@ -23,9 +23,11 @@ pub mod model;
 pub mod quant;
 pub mod sampling;
 pub mod session;
+pub mod state;
 pub mod text;
 
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 
 pub use config::Config;
@@ -38,6 +40,7 @@ pub use session::{
 pub use text::chat::ChatMessage;
 pub use text::tokenizer::TokenId;
 
+use loader::Source;
 use model::forward::Transformer;
 use text::tokenizer::Tokenizer;
 
@@ -75,7 +78,8 @@ struct ModelInner {
     stop_tokens: Vec<TokenId>,
     bos_token: Option<String>,
     eos_token: Option<String>,
-    dir: PathBuf,
+    source: Source,
+    fingerprint: u64,
     pool: rayon::ThreadPool,
 }
 
@@ -84,14 +88,13 @@ struct ModelInner {
 #[derive(Clone)]
 pub struct Model(Arc<ModelInner>);
 
-fn ids_from_generation_config(dir: &Path) -> Result<Vec<TokenId>> {
-    let path = dir.join("generation_config.json");
-    if !path.exists() {
+fn ids_from_generation_config(src: &Source) -> Result<Vec<TokenId>> {
+    let name = "generation_config.json";
+    if !src.exists(name) {
         return Ok(Vec::new());
     }
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, &e))?;
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| Error::invalid_model(format!("{}: {e}", path.display())))?;
+    let v: serde_json::Value = serde_json::from_str(&src.read_string(name)?)
+        .map_err(|e| Error::invalid_model(format!("{}: {e}", src.describe(name))))?;
     Ok(match v.get("eos_token_id") {
         Some(serde_json::Value::Array(a)) => a
             .iter()
@@ -106,21 +109,33 @@ fn ids_from_generation_config(dir: &Path) -> Result<Vec<TokenId>> {
 impl Model {
     /// Loads a Hugging Face model folder (config.json, safetensors, tokenizer.json).
     pub fn load(path: impl AsRef<Path>, params: &ModelParams) -> Result<Model> {
-        let dir = path.as_ref();
-        let weights = loader::load_weights(dir)?;
-        let tokenizer = Tokenizer::from_dir(dir)?;
+        Self::load_source(Source::Dir(path.as_ref().to_path_buf()), params)
+    }
+
+    /// Loads a model whose files are held in memory, by file name (`config.json`,
+    /// `model.safetensors`, `tokenizer.json`, ...). The bytes are kept, not copied again.
+    pub fn load_memory(
+        files: BTreeMap<String, Arc<Vec<u8>>>,
+        params: &ModelParams,
+    ) -> Result<Model> {
+        Self::load_source(Source::Memory(files), params)
+    }
+
+    fn load_source(src: Source, params: &ModelParams) -> Result<Model> {
+        let (weights, fingerprint) = loader::load_weights(&src)?;
+        let tokenizer = Tokenizer::from_source(&src)?;
         let cfg = &weights.config;
         if tokenizer.vocab_size() > cfg.vocab_size {
             return Err(Error::invalid_model(format!(
                 "{}: tokenizer has {} tokens but the model's vocab_size is {}",
-                dir.display(),
+                src.describe("tokenizer.json"),
                 tokenizer.vocab_size(),
                 cfg.vocab_size
             )));
         }
         // End of generation: the config's EOS ids, generation_config's, and the tokenizer's eos.
         let mut stop_tokens = cfg.eos_token_ids.clone();
-        stop_tokens.extend(ids_from_generation_config(dir)?);
+        stop_tokens.extend(ids_from_generation_config(&src)?);
         if let Some(id) = tokenizer
             .eos_token
             .as_deref()
@@ -141,7 +156,8 @@ impl Model {
             transformer: Transformer::new(weights),
             tokenizer,
             stop_tokens,
-            dir: dir.to_path_buf(),
+            source: src,
+            fingerprint,
             pool,
         })))
     }
@@ -149,9 +165,13 @@ impl Model {
     pub fn config(&self) -> &Config {
         &self.0.transformer.weights.config
     }
-    /// The folder the model was loaded from.
-    pub fn path(&self) -> &Path {
-        &self.0.dir
+    /// Where the model was loaded from (a folder, or `<memory>`).
+    pub fn location(&self) -> String {
+        self.0.source.describe("")
+    }
+    /// Identity of the model's config and weights; saved session states carry it.
+    pub fn fingerprint(&self) -> u64 {
+        self.0.fingerprint
     }
     /// Token ids that end generation (EOS / EOT from the configs).
     pub fn stop_tokens(&self) -> &[TokenId] {
@@ -184,7 +204,7 @@ impl Model {
         let template = t.chat_template.as_deref().ok_or_else(|| {
             Error::unsupported(format!(
                 "{}: the model has no chat template",
-                self.0.dir.display()
+                self.location()
             ))
         })?;
         let mut special: Vec<(String, String)> = t.extra_special.clone();
@@ -252,4 +272,16 @@ impl Model {
     pub(crate) fn compute<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         self.0.pool.install(f)
     }
+}
+
+pub use loader::estimate::MemoryEstimate;
+
+/// Memory a model folder and one session of `n_ctx` tokens (0 = the model's maximum) will take,
+/// read from config.json and the safetensors headers only.
+pub fn estimate_memory(
+    path: impl AsRef<Path>,
+    n_ctx: usize,
+    n_batch: usize,
+) -> Result<MemoryEstimate> {
+    loader::estimate::estimate(&Source::Dir(path.as_ref().to_path_buf()), n_ctx, n_batch)
 }

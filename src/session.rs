@@ -8,6 +8,7 @@ use std::time::Instant;
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::kv_cache::KvCache;
 use crate::sampling::{self, Rng, SamplingParams};
+use crate::state::SessionState;
 use crate::text::stop::StopMatcher;
 use crate::text::stream::Detokenizer;
 use crate::{Model, TokenId};
@@ -230,6 +231,42 @@ impl Session {
         if parts.contains(ResetParts::RNG) {
             self.rng = Rng::new(self.seed);
         }
+    }
+
+    /// The session's context and generator as a blob for `load_state` (see `state`).
+    pub fn save_state(&self) -> Vec<u8> {
+        SessionState {
+            fingerprint: self.model.fingerprint(),
+            tokens: self.tokens.clone(),
+            unfed: self.unfed.clone(),
+            rng: self.rng.state(),
+            kv_dim: self.cache.kv_dim(),
+            k: self.cache.k.clone(),
+            v: self.cache.v.clone(),
+        }
+        .encode()
+    }
+
+    /// Restores a blob from `save_state`: all or nothing. A blob from another model, a corrupt
+    /// one, or one larger than this session's context is refused and the session is unchanged.
+    pub fn load_state(&mut self, blob: &[u8]) -> Result<()> {
+        let cfg = self.model.config();
+        let s = SessionState::decode(blob, self.model.fingerprint(), cfg.num_layers, cfg.kv_dim())?;
+        if s.tokens.len() + s.unfed.len() > self.n_ctx() {
+            return Err(Error::new(
+                ErrorKind::IncompatibleState,
+                format!(
+                    "session state holds {} tokens, more than this session's context ({})",
+                    s.tokens.len() + s.unfed.len(),
+                    self.n_ctx()
+                ),
+            ));
+        }
+        self.cache.restore(s.k, s.v, s.tokens.len());
+        self.tokens = s.tokens;
+        self.unfed = s.unfed;
+        self.rng = Rng::from_state(s.rng);
+        Ok(())
     }
 
     fn cancelled(&self) -> bool {

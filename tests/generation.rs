@@ -216,3 +216,95 @@ fn cancel_from_another_thread_stops_within_one_token() {
     assert_eq!(r.stop_reason, StopReason::Cancelled);
     assert_eq!(r.tokens.len(), 1);
 }
+
+#[test]
+fn saved_state_continues_exactly_and_foreign_state_is_refused() {
+    let m = model();
+    let mut s = session(&m);
+    let sampled = GenerateParams {
+        sampling: SamplingParams {
+            temperature: 1.0,
+            ..Default::default()
+        },
+        max_tokens: 6,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    s.generate(PROMPT, &sampled, |_| true).unwrap();
+    let blob = s.save_state();
+    let next = s.generate(" and then", &sampled, |_| true).unwrap();
+
+    let mut restored = session(&m);
+    restored.load_state(&blob).unwrap();
+    assert_eq!(
+        restored
+            .generate(" and then", &sampled, |_| true)
+            .unwrap()
+            .tokens,
+        next.tokens
+    );
+
+    let other_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bitnet_latent_f32");
+    let other = Model::load(other_dir, &ModelParams::default()).unwrap();
+    let mut foreign = session(&other);
+    foreign.generate(PROMPT, &greedy(2), |_| true).unwrap();
+    let before = foreign.tokens();
+    let err = foreign.load_state(&blob).unwrap_err();
+    assert_eq!(err.kind(), bit_ttt::ErrorKind::IncompatibleState, "{err}");
+    assert_eq!(foreign.tokens(), before);
+    let mut corrupt = blob.clone();
+    let mid = corrupt.len() / 2;
+    corrupt[mid] ^= 1;
+    assert_eq!(
+        restored.load_state(&corrupt).unwrap_err().kind(),
+        bit_ttt::ErrorKind::IncompatibleState
+    );
+}
+
+#[test]
+fn model_from_memory_equals_model_from_folder() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bitnet_packed_bitlinear");
+    let files = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::sync::Arc::new(std::fs::read(&p).unwrap()),
+            )
+        })
+        .collect();
+    let mem = Model::load_memory(files, &ModelParams::default()).unwrap();
+    let disk = Model::load(&dir, &ModelParams::default()).unwrap();
+    assert_eq!(mem.fingerprint(), disk.fingerprint());
+    let a = session(&mem)
+        .generate(PROMPT, &greedy(8), |_| true)
+        .unwrap();
+    let b = session(&disk)
+        .generate(PROMPT, &greedy(8), |_| true)
+        .unwrap();
+    assert_eq!(a.tokens, b.tokens);
+}
+
+#[test]
+fn estimate_matches_loaded_sizes() {
+    for name in [
+        "bitnet_packed_auto",
+        "bitnet_latent_bf16",
+        "llama_packed_sharded",
+    ] {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name);
+        let est = bit_ttt::estimate_memory(&dir, 256, 512).unwrap();
+        let info = Model::load(&dir, &ModelParams::default()).unwrap().info();
+        let ratio = est.weight_bytes as f64 / info.weight_bytes as f64;
+        assert!(
+            (0.99..1.01).contains(&ratio),
+            "{name}: estimate {} vs loaded {}",
+            est.weight_bytes,
+            info.weight_bytes
+        );
+        assert!(est.kv_cache_bytes > 0 && est.total() > est.weight_bytes);
+    }
+}

@@ -293,7 +293,7 @@ fn info(a: &InfoArgs) -> bit_ttt::Result<()> {
         );
         return Ok(());
     }
-    println!("model        {}", model.path().display());
+    println!("model        {}", model.location());
     println!("family       {:?}", i.family);
     println!(
         "shape        hidden {}, ffn {}, layers {}, heads {} (kv {}), vocab {}, max positions {}",

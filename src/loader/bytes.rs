@@ -9,7 +9,7 @@ use memmap2::Mmap;
 /// The whole content of one weights file.
 pub enum Backing {
     Mapped(Mmap),
-    Owned(Vec<u8>),
+    Owned(Arc<Vec<u8>>),
 }
 
 impl Deref for Backing {

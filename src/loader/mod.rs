@@ -2,10 +2,11 @@
 //! tensors into the engine's weights (ternary weights in every published encoding).
 
 pub mod bytes;
+pub mod estimate;
 pub mod safetensors;
+pub mod source;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 
 use crate::config::{Config, Family, LinearClass, QuantMode};
 use crate::error::{Error, Result};
@@ -14,67 +15,107 @@ use crate::model::{LayerWeights, Weights};
 use crate::quant;
 use bytes::Bytes;
 use safetensors::{DType, Tensor, TensorStore};
+pub use source::Source;
 
-/// The safetensors files of a model folder: `model.safetensors.index.json` shards, or
+/// The safetensors files of a model: `model.safetensors.index.json` shards, or
 /// `model.safetensors`.
-pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let index = dir.join("model.safetensors.index.json");
-    if index.exists() {
-        let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, &e))?;
-        let json: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| Error::invalid_model(format!("{}: {e}", index.display())))?;
+pub fn weight_files(src: &Source) -> Result<Vec<String>> {
+    let index = "model.safetensors.index.json";
+    if src.exists(index) {
+        let label = src.describe(index);
+        let json: serde_json::Value = serde_json::from_str(&src.read_string(index)?)
+            .map_err(|e| Error::invalid_model(format!("{label}: {e}")))?;
         let map = json
             .get("weight_map")
             .and_then(|m| m.as_object())
-            .ok_or_else(|| {
-                Error::invalid_model(format!("{}: no `weight_map` object", index.display()))
-            })?;
+            .ok_or_else(|| Error::invalid_model(format!("{label}: no `weight_map` object")))?;
         let mut files = BTreeSet::new();
         for (tensor, file) in map {
             let file = file.as_str().ok_or_else(|| {
-                Error::invalid_model(format!(
-                    "{}: file of `{tensor}` is not a string",
-                    index.display()
-                ))
+                Error::invalid_model(format!("{label}: file of `{tensor}` is not a string"))
             })?;
-            if file.contains('/') || file.contains('\\') || file == ".." {
+            if file.contains('/') || file.contains('\\') || file.starts_with('.') {
                 return Err(Error::invalid_model(format!(
-                    "{}: shard name `{file}` leaves the model folder",
-                    index.display()
+                    "{label}: shard name `{file}` leaves the model folder"
                 )));
             }
             files.insert(file.to_string());
         }
-        return Ok(files.into_iter().map(|f| dir.join(f)).collect());
+        return Ok(files.into_iter().collect());
     }
-    let single = dir.join("model.safetensors");
-    if single.exists() {
-        return Ok(vec![single]);
+    if src.exists("model.safetensors") {
+        return Ok(vec!["model.safetensors".to_string()]);
     }
     Err(Error::new(
         crate::ErrorKind::Io,
         format!(
             "{}: no model.safetensors or model.safetensors.index.json",
-            dir.display()
+            src.describe("")
         ),
     ))
 }
 
-/// Loads config and weights from a model folder; weights stay memory-mapped where their format
-/// allows it.
-pub fn load_weights(dir: &Path) -> Result<Weights> {
-    if !dir.is_dir() {
+/// Loads config and weights; weights stay memory-mapped where their format allows it.
+/// Also returns the model's fingerprint (see `fingerprint`).
+pub fn load_weights(src: &Source) -> Result<(Weights, u64)> {
+    if let Source::Dir(d) = src
+        && !d.is_dir()
+    {
         return Err(Error::new(
             crate::ErrorKind::Io,
-            format!("{}: not a model folder", dir.display()),
+            format!("{}: not a model folder", d.display()),
         ));
     }
-    let config = Config::from_file(&dir.join("config.json"))?;
+    let config_text = src.read_string("config.json")?;
+    let config =
+        Config::from_json(&config_text).map_err(|e| e.context(src.describe("config.json")))?;
     let mut store = TensorStore::default();
-    for file in weight_files(dir)? {
-        store.add_file(&file)?;
+    for file in weight_files(src)? {
+        store.add_backing(&src.describe(&file), src.backing(&file)?)?;
     }
-    build_weights(config, &store)
+    let print = fingerprint(&config_text, &store);
+    Ok((build_weights(config, &store)?, print))
+}
+
+/// A 64-bit identity of a model: its config and every tensor's name, type, shape and a sample
+/// of its bytes. Saved session states carry it so a state is never loaded into another model.
+fn fingerprint(config_text: &str, store: &TensorStore) -> u64 {
+    let mut h = Fnv64::default();
+    h.write(config_text.as_bytes());
+    let mut names: Vec<&str> = store.names().collect();
+    names.sort_unstable();
+    for name in names {
+        let t = store.get(name).expect("listed tensor");
+        h.write(name.as_bytes());
+        h.write(format!("{:?}{:?}", t.dtype, t.shape).as_bytes());
+        let d = &*t.data;
+        let n = d.len().min(256);
+        h.write(&d[..n]);
+        h.write(&d[d.len() / 2..(d.len() / 2 + n).min(d.len())]);
+        h.write(&d[d.len() - n..]);
+    }
+    h.finish()
+}
+
+/// FNV-1a, 64-bit: tiny and stable across releases and platforms.
+#[derive(Debug, Clone)]
+pub struct Fnv64(u64);
+
+impl Default for Fnv64 {
+    fn default() -> Self {
+        Fnv64(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv64 {
+    pub fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    pub fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 fn float_vector(store: &TensorStore, name: &str, len: usize) -> Result<Vec<f32>> {

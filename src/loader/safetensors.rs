@@ -5,11 +5,9 @@
 //! out of bounds.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
 use super::bytes::{Backing, Bytes};
@@ -111,18 +109,10 @@ fn dtype_of(d: Dtype) -> Option<DType> {
 }
 
 impl TensorStore {
-    /// Memory-maps one safetensors file and adds its tensors.
-    pub fn add_file(&mut self, path: &Path) -> Result<()> {
-        let file = File::open(path).map_err(|e| Error::io(path, &e))?;
-        // SAFETY: the map is read-only; a checkpoint modified while mapped is outside the
-        // contract (as with every mmap-based loader), and every read is bounds-checked.
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, &e))?;
-        self.add_backing(path, Backing::Mapped(map))
-    }
-
-    /// Adds the tensors of a safetensors image held in memory.
-    pub fn add_backing(&mut self, path: &Path, backing: Backing) -> Result<()> {
+    /// Adds the tensors of a safetensors file (`label` names it in errors).
+    pub fn add_backing(&mut self, label: &str, backing: Backing) -> Result<()> {
         let backing = Arc::new(backing);
+        let path = Path::new(label);
         let file = Arc::new(path.to_path_buf());
         let bad = |e: safetensors::SafeTensorError| {
             Error::invalid_model(format!(

@@ -49,6 +49,13 @@ impl KvCache {
         self.len += n;
         debug_assert!(self.k.iter().all(|k| k.len() == self.len * self.kv_dim));
     }
+    /// Replaces the content with `len` positions of saved keys and values.
+    pub(crate) fn restore(&mut self, k: Vec<Vec<f32>>, v: Vec<Vec<f32>>, len: usize) {
+        debug_assert!(k.len() == self.k.len() && v.len() == self.v.len());
+        self.k = k;
+        self.v = v;
+        self.len = len;
+    }
     /// Bytes held by the cache now.
     pub fn bytes(&self) -> usize {
         self.k.iter().chain(&self.v).map(|x| x.len() * 4).sum()

@@ -6,6 +6,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::loader::Source;
 
 /// A token id.
 pub type TokenId = u32;
@@ -47,21 +48,24 @@ fn chat_template(v: Option<&Value>) -> Option<String> {
 impl Tokenizer {
     /// Reads tokenizer.json and (if present) tokenizer_config.json and chat_template.jinja.
     pub fn from_dir(dir: &Path) -> Result<Self> {
-        let path = dir.join("tokenizer.json");
-        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, &e))?;
-        let inner = tokenizers::Tokenizer::from_bytes(&bytes)
-            .map_err(|e| Error::invalid_model(format!("{}: {e}", path.display())))?;
-        let cfg_path = dir.join("tokenizer_config.json");
-        let cfg: Value = if cfg_path.exists() {
-            let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, &e))?;
-            serde_json::from_str(&text)
-                .map_err(|e| Error::invalid_model(format!("{}: {e}", cfg_path.display())))?
+        Self::from_source(&Source::Dir(dir.to_path_buf()))
+    }
+
+    /// As `from_dir`, from any model source.
+    pub fn from_source(src: &Source) -> Result<Self> {
+        let bytes = src.read("tokenizer.json")?;
+        let inner = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| {
+            Error::invalid_model(format!("{}: {e}", src.describe("tokenizer.json")))
+        })?;
+        let cfg_name = "tokenizer_config.json";
+        let cfg: Value = if src.exists(cfg_name) {
+            serde_json::from_str(&src.read_string(cfg_name)?)
+                .map_err(|e| Error::invalid_model(format!("{}: {e}", src.describe(cfg_name))))?
         } else {
             Value::Null
         };
-        let jinja = dir.join("chat_template.jinja");
-        let template = if jinja.exists() {
-            Some(std::fs::read_to_string(&jinja).map_err(|e| Error::io(&jinja, &e))?)
+        let template = if src.exists("chat_template.jinja") {
+            Some(src.read_string("chat_template.jinja")?)
         } else {
             chat_template(cfg.get("chat_template"))
         };

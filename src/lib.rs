@@ -17,8 +17,10 @@
 
 pub mod config;
 pub mod error;
+pub mod ffi;
 pub mod kernels;
 pub mod loader;
+pub mod log;
 pub mod model;
 pub mod quant;
 pub mod sampling;
@@ -34,7 +36,7 @@ pub use config::Config;
 pub use error::{Error, ErrorKind, Result};
 pub use sampling::SamplingParams;
 pub use session::{
-    CancelHandle, GenerateParams, GenerateResult, ScoreResult, Session, SessionParams, StopReason,
+    CancelHandle, GenerateParams, GenerateResult, ResetParts, ScoreResult, Session, SessionParams, StopReason,
     TokenEvent,
 };
 pub use text::chat::ChatMessage;
@@ -150,6 +152,17 @@ impl Model {
             .thread_name(|i| format!("bit-ttt-{i}"))
             .build()
             .map_err(|e| Error::internal(format!("thread pool: {e}")))?;
+        log::log(log::Level::Info, || {
+            format!(
+                "loaded {}: {} layers, hidden {}, vocab {}; kernel {}, {} threads",
+                src.describe(""),
+                cfg.num_layers,
+                cfg.hidden_size,
+                cfg.vocab_size,
+                kernels::kernel_name(),
+                pool.current_num_threads()
+            )
+        });
         Ok(Model(Arc::new(ModelInner {
             bos_token: tokenizer.bos_token.clone(),
             eos_token: tokenizer.eos_token.clone(),

@@ -1,0 +1,103 @@
+//! The one door every export goes through: panics are caught and become BIT_TTT_PANIC, errors
+//! become a status plus a thread-local message.
+
+use std::cell::RefCell;
+use std::ffi::CString;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use super::status::*;
+
+thread_local! {
+    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+}
+
+/// Records the message for `bit_ttt_last_error` on this thread.
+pub(crate) fn set_last_error(message: &str) {
+    let c = CString::new(message.replace('\0', "\\0")).unwrap_or_default();
+    LAST_ERROR.with(|e| *e.borrow_mut() = c);
+}
+
+pub(crate) fn last_error_ptr() -> *const std::ffi::c_char {
+    LAST_ERROR.with(|e| e.borrow().as_ptr())
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    let what = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    format!("internal panic: {what}")
+}
+
+/// Runs `f`, turning its error or panic into a status and a last-error message.
+/// `on_panic` runs after a panic (a session uses it to mark itself poisoned).
+pub(crate) fn call_with(f: impl FnOnce() -> FfiResult, on_panic: impl FnOnce()) -> bit_ttt_status {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => BIT_TTT_OK,
+        Ok(Err(e)) => {
+            set_last_error(&e.message);
+            e.status
+        }
+        Err(payload) => {
+            on_panic();
+            set_last_error(&panic_message(payload.as_ref()));
+            BIT_TTT_PANIC
+        }
+    }
+}
+
+pub(crate) fn call(f: impl FnOnce() -> FfiResult) -> bit_ttt_status {
+    call_with(f, || {})
+}
+
+/// Writes `value` through `out` (checked for NULL by the caller's conversion).
+pub(crate) fn write_out<T>(out: *mut T, value: T) -> FfiResult {
+    if out.is_null() {
+        return Err(FfiError::null("out"));
+    }
+    // SAFETY: `out` is non-NULL and, by the API contract, points to writable memory for a T.
+    unsafe { out.write(value) };
+    Ok(())
+}
+
+/// Borrows a handle, or NULL_POINTER naming it.
+pub(crate) fn handle<'a, T>(ptr: *const T, what: &str) -> FfiResult<&'a T> {
+    // SAFETY: a non-NULL handle was produced by this library (Box::into_raw) and is valid until
+    // its _free; using a freed handle is outside the contract.
+    unsafe { ptr.as_ref() }.ok_or_else(|| FfiError::null(what))
+}
+
+/// Reads a params struct: NULL means defaults; a struct_size other than ours is ABI_MISMATCH.
+pub(crate) fn params<T: Copy>(ptr: *const T, what: &str, defaults: impl FnOnce() -> T) -> FfiResult<T> {
+    if ptr.is_null() {
+        return Ok(defaults());
+    }
+    // SAFETY: every params struct starts with `uint32_t struct_size`; the caller passes a pointer
+    // to at least that much readable memory.
+    let size = unsafe { (ptr as *const u32).read_unaligned() } as usize;
+    if size != std::mem::size_of::<T>() {
+        return Err(FfiError::new(
+            BIT_TTT_ABI_MISMATCH,
+            format!("{what}.struct_size is {size}, this library expects {}", std::mem::size_of::<T>()),
+        ));
+    }
+    // SAFETY: struct_size says the caller's struct is a full T.
+    Ok(unsafe { ptr.read_unaligned() })
+}
+
+/// Checks the struct_size of an out-struct the library fills.
+pub(crate) fn out_struct<T>(ptr: *mut T, what: &str) -> FfiResult<*mut T> {
+    if ptr.is_null() {
+        return Err(FfiError::null(what));
+    }
+    // SAFETY: out-structs start with `uint32_t struct_size`, set by the caller.
+    let size = unsafe { (ptr as *const u32).read_unaligned() } as usize;
+    if size != std::mem::size_of::<T>() {
+        return Err(FfiError::new(
+            BIT_TTT_ABI_MISMATCH,
+            format!("{what}.struct_size is {size}, this library expects {}", std::mem::size_of::<T>()),
+        ));
+    }
+    Ok(ptr)
+}

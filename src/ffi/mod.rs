@@ -1,0 +1,26 @@
+//! The C ABI, and nothing else: handles, status codes, strings, callbacks, jobs. Every export goes
+//! through `boundary::call` (panics become BIT_TTT_PANIC) and wraps the safe Rust API in lib.rs.
+//! cbindgen turns this module into include/bit_ttt.h.
+
+#![allow(non_camel_case_types)]
+
+mod boundary;
+mod generate;
+mod job;
+mod model;
+mod session;
+mod state;
+mod status;
+mod strings;
+mod system;
+mod text;
+
+pub use generate::*;
+pub use job::*;
+pub use model::*;
+pub use session::*;
+pub use state::*;
+pub use status::*;
+pub use strings::bit_ttt_string;
+pub use system::*;
+pub use text::*;

@@ -1,0 +1,211 @@
+//! Models: load from a folder or from memory, describe, estimate, free.
+
+use std::collections::BTreeMap;
+use std::ffi::c_char;
+use std::sync::Arc;
+
+use super::boundary::{call, handle, out_struct, params, write_out};
+use super::status::*;
+use super::strings::{bytes_in, path_in, slice_in, str_in};
+use crate::{Model, ModelParams};
+
+/// A loaded model: immutable, usable from any thread, shared by sessions. Reference counted:
+/// it lives until bit_ttt_model_free and the last session using it are both gone.
+pub struct bit_ttt_model {
+    pub(crate) model: Model,
+}
+
+/// Options for loading a model. Initialise with bit_ttt_model_params_init.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct bit_ttt_model_params {
+    /// sizeof(bit_ttt_model_params).
+    pub struct_size: u32,
+    /// Worker threads; 0 = one per core.
+    pub n_threads: u32,
+}
+
+impl bit_ttt_model_params {
+    fn defaults() -> Self {
+        Self { struct_size: std::mem::size_of::<Self>() as u32, n_threads: 0 }
+    }
+    fn to_rust(self) -> ModelParams {
+        ModelParams { n_threads: self.n_threads as usize }
+    }
+}
+
+/// One file of a model held in memory, for bit_ttt_model_load_memory.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct bit_ttt_memory_file {
+    /// File name as in a model folder: "config.json", "model.safetensors", "tokenizer.json", ...
+    pub name: *const c_char,
+    pub name_len: usize,
+    pub data: *const u8,
+    pub data_len: usize,
+}
+
+/// Model families (bit_ttt_model_info.family).
+pub const BIT_TTT_FAMILY_BITNET: i32 = 1;
+pub const BIT_TTT_FAMILY_LLAMA: i32 = 2;
+
+/// What a loaded model is. Set struct_size before calling bit_ttt_model_info.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct bit_ttt_model_info {
+    pub struct_size: u32,
+    /// BIT_TTT_FAMILY_*.
+    pub family: i32,
+    pub hidden_size: u32,
+    pub intermediate_size: u32,
+    pub num_layers: u32,
+    pub num_heads: u32,
+    pub num_kv_heads: u32,
+    pub vocab_size: u32,
+    pub max_position_embeddings: u32,
+    pub n_threads: u32,
+    /// All parameters.
+    pub n_params: u64,
+    /// Parameters held as ternary values.
+    pub n_ternary_params: u64,
+    /// Bytes of weights as held (mapped or owned).
+    pub weight_bytes: u64,
+    /// Bytes the same parameters would take in FP16.
+    pub fp16_bytes: u64,
+    /// Identity of the model; session states carry it.
+    pub fingerprint: u64,
+}
+
+/// Memory a model and one session will take (bit_ttt_estimate_memory).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct bit_ttt_memory_estimate {
+    pub struct_size: u32,
+    pub weight_bytes: u64,
+    /// Part of weight_bytes memory-mapped from the checkpoint.
+    pub mapped_bytes: u64,
+    pub kv_cache_bytes: u64,
+    pub scratch_bytes: u64,
+    pub total_bytes: u64,
+}
+
+/// Fills `params` with defaults (and its struct_size).
+#[unsafe(no_mangle)]
+pub extern "C" fn bit_ttt_model_params_init(params: *mut bit_ttt_model_params) -> bit_ttt_status {
+    call(|| write_out(params, bit_ttt_model_params::defaults()))
+}
+
+fn boxed(model: Model, out_model: *mut *mut bit_ttt_model) -> FfiResult {
+    write_out(out_model, Box::into_raw(Box::new(bit_ttt_model { model })))
+}
+
+/// Loads a Hugging Face model folder (UTF-8 path). `params` may be NULL for defaults.
+#[unsafe(no_mangle)]
+pub extern "C" fn bit_ttt_model_load(
+    path: *const c_char,
+    path_len: usize,
+    params: *const bit_ttt_model_params,
+    out_model: *mut *mut bit_ttt_model,
+) -> bit_ttt_status {
+    call(|| {
+        if out_model.is_null() {
+            return Err(FfiError::null("out_model"));
+        }
+        let path = path_in(path, path_len)?;
+        let p = self::params(params, "bit_ttt_model_params", bit_ttt_model_params::defaults)?;
+        boxed(Model::load(path, &p.to_rust())?, out_model)
+    })
+}
+
+/// Loads a model from files held in memory. The bytes are copied; the caller may free them
+/// when this returns.
+#[unsafe(no_mangle)]
+pub extern "C" fn bit_ttt_model_load_memory(
+    files: *const bit_ttt_memory_file,
+    n_files: usize,
+    params: *const bit_ttt_model_params,
+    out_model: *mut *mut bit_ttt_model,
+) -> bit_ttt_status {
+    call(|| {
+        if out_model.is_null() {
+            return Err(FfiError::null("out_model"));
+        }
+        let mut map = BTreeMap::new();
+        for f in slice_in(files, n_files, "files")? {
+            let name = str_in(f.name, f.name_len, "files[].name")?;
+            let data = bytes_in(f.data.cast(), f.data_len, "files[].data")?;
+            map.insert(name.to_string(), Arc::new(data.to_vec()));
+        }
+        let p = self::params(params, "bit_ttt_model_params", bit_ttt_model_params::defaults)?;
+        boxed(Model::load_memory(map, &p.to_rust())?, out_model)
+    })
+}
+
+/// Drops the caller's reference. Sessions keep the model alive until they are freed. NULL is
+/// a no-op.
+#[unsafe(no_mangle)]
+pub extern "C" fn bit_ttt_model_free(model: *mut bit_ttt_model) {
+    if !model.is_null() {
+        // SAFETY: `model` came from Box::into_raw in this module and is freed once.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(unsafe { Box::from_raw(model) })));
+    }
+}
+
+/// Describes a loaded model.
+#[unsafe(no_mangle)]
+pub extern "C" fn bit_ttt_model_get_info(model: *const bit_ttt_model, out_info: *mut bit_ttt_model_info) -> bit_ttt_status {
+    call(|| {
+        let m = &handle(model, "model")?.model;
+        let out = out_struct(out_info, "out_info")?;
+        let i = m.info();
+        let info = bit_ttt_model_info {
+            struct_size: std::mem::size_of::<bit_ttt_model_info>() as u32,
+            family: match i.family {
+                crate::config::Family::BitNet => BIT_TTT_FAMILY_BITNET,
+                crate::config::Family::Llama => BIT_TTT_FAMILY_LLAMA,
+            },
+            hidden_size: i.hidden_size as u32,
+            intermediate_size: i.intermediate_size as u32,
+            num_layers: i.num_layers as u32,
+            num_heads: i.num_heads as u32,
+            num_kv_heads: i.num_kv_heads as u32,
+            vocab_size: i.vocab_size as u32,
+            max_position_embeddings: i.max_position_embeddings as u32,
+            n_threads: m.n_threads() as u32,
+            n_params: i.n_params,
+            n_ternary_params: i.n_ternary_params,
+            weight_bytes: i.weight_bytes,
+            fp16_bytes: i.fp16_bytes,
+            fingerprint: m.fingerprint(),
+        };
+        write_out(out, info)
+    })
+}
+
+/// Memory a model folder and one session with `session_params` (NULL = defaults) will take,
+/// from config.json and the safetensors headers only: no weights are read.
+#[unsafe(no_mangle)]
+pub extern "C" fn bit_ttt_estimate_memory(
+    path: *const c_char,
+    path_len: usize,
+    session_params: *const super::session::bit_ttt_session_params,
+    out_estimate: *mut bit_ttt_memory_estimate,
+) -> bit_ttt_status {
+    call(|| {
+        let out = out_struct(out_estimate, "out_estimate")?;
+        let path = path_in(path, path_len)?;
+        let sp = super::session::session_params(session_params)?;
+        let e = crate::estimate_memory(path, sp.n_ctx, sp.n_batch)?;
+        write_out(
+            out,
+            bit_ttt_memory_estimate {
+                struct_size: std::mem::size_of::<bit_ttt_memory_estimate>() as u32,
+                weight_bytes: e.weight_bytes,
+                mapped_bytes: e.mapped_bytes,
+                kv_cache_bytes: e.kv_cache_bytes,
+                scratch_bytes: e.scratch_bytes,
+                total_bytes: e.total(),
+            },
+        )
+    })
+}

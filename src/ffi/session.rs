@@ -1,0 +1,178 @@
+//! Sessions: one conversation (KV cache, tokens, RNG). One call at a time: a concurrent call gets
+//! BUSY. Cancel works from any thread at any time.
+
+use std::ffi::{CString, c_char};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::Mutex;
+
+use super::boundary::{call, call_with, handle, params, write_out};
+use super::model::bit_ttt_model;
+use super::status::*;
+use crate::{CancelHandle, ResetParts, Session, SessionParams};
+
+/// The shared part of a session handle; async jobs hold it too.
+pub(crate) struct SessionShared {
+    pub session: Arc<Mutex<Session>>,
+    pub cancel: CancelHandle,
+    pub poisoned: AtomicBool,
+    pub last_error: Mutex<CString>,
+    /// Text and tokens of the last generate, for bit_ttt_session_last_text / _tokens.
+    pub last_output: Mutex<(String, Vec<i32>)>,
+}
+
+/// A session over a model. Free with bit_ttt_session_free.
+pub struct bit_ttt_session {
+    pub(crate) shared: Arc<SessionShared>,
+}
+
+/// Options for a session. Initialise with bit_ttt_session_params_init.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct bit_ttt_session_params {
+    pub struct_size: u32,
+    /// Context length in tokens; 0 = the model's maximum.
+    pub n_ctx: u32,
+    /// Prompt tokens per forward pass (and per cancellation check); default 512.
+    pub n_batch: u32,
+    /// Seed of the session's sampler.
+    pub seed: u64,
+}
+
+/// Parts for bit_ttt_session_reset (a bit set).
+pub const BIT_TTT_RESET_CONTEXT: u32 = 1;
+pub const BIT_TTT_RESET_ADAPTERS: u32 = 2;
+pub const BIT_TTT_RESET_RNG: u32 = 4;
+pub const BIT_TTT_RESET_ALL: u32 = 7;
+
+impl bit_ttt_session_params {
+    fn defaults() -> Self {
+        let d = SessionParams::default();
+        Self {
+            struct_size: std::mem::size_of::<Self>() as u32,
+            n_ctx: d.n_ctx as u32,
+            n_batch: d.n_batch as u32,
+            seed: d.seed,
+        }
+    }
+}
+
+pub(crate) fn session_params(p: *const bit_ttt_session_params) -> FfiResult<SessionParams> {
+    let p = params(p, "bit_ttt_session_params", bit_ttt_session_params::defaults)?;
+    Ok(SessionParams { n_ctx: p.n_ctx as usize, n_batch: p.n_batch as usize, seed: p.seed })
+}
+
+impl SessionShared {
+    /// Runs `f` on the session: BUSY if another call holds it, POISONED after a panic; errors
+    /// are also recorded as the session's last error.
+    pub(crate) fn with(&self, f: impl FnOnce(&mut Session) -> FfiResult) -> bit_ttt_status {
+        let status = call_with(
+            || {
+                if self.poisoned.load(Ordering::SeqCst) {
+                    return Err(FfiError::new(BIT_TTT_POISONED, "the session was poisoned by an earlier panic"));
+                }
+                let mut guard = self
+                    .session
+                    .try_lock()
+                    .ok_or_else(|| FfiError::new(BIT_TTT_BUSY, "the session is in use by another call"))?;
+                f(&mut guard)
+            },
+            || self.poisoned.store(true, Ordering::SeqCst),
+        );
+        if status != BIT_TTT_OK {
+            self.record_error();
+        }
+        status
+    }
+
+    /// Copies this thread's last error into the session's.
+    pub(crate) fn record_error(&self) {
+        // SAFETY: bit_ttt_last_error returns a valid NUL-terminated string owned by this thread.
+        let msg = unsafe { std::ffi::CStr::from_ptr(super::boundary::last_error_ptr()) };
+        *self.last_error.lock() = msg.to_owned();
+    }
+}
+
+pub(crate) fn shared<'a>(session: *const bit_ttt_session) -> FfiResult<&'a Arc<SessionShared>> {
+    Ok(&handle(session, "session")?.shared)
+}
+
+/// Fills `params` with defaults (and its struct_size).
+#[unsafe(no_mangle)]
+pub extern "C" fn bit_ttt_session_params_init(params: *mut bit_ttt_session_params) -> bit_ttt_status {
+    call(|| write_out(params, bit_ttt_session_params::defaults()))
+}
+
+/// Creates a session over `model` (`params` may be NULL). The session keeps the model alive.
+#[unsafe(no_mangle)]
+pub extern "C" fn bit_ttt_session_new(
+    model: *const bit_ttt_model,
+    params: *const bit_ttt_session_params,
+    out_session: *mut *mut bit_ttt_session,
+) -> bit_ttt_status {
+    call(|| {
+        if out_session.is_null() {
+            return Err(FfiError::null("out_session"));
+        }
+        let m = &handle(model, "model")?.model;
+        let session = Session::new(m, &session_params(params)?)?;
+        let shared = Arc::new(SessionShared {
+            cancel: session.cancel_handle(),
+            session: Arc::new(Mutex::new(session)),
+            poisoned: AtomicBool::new(false),
+            last_error: Mutex::new(CString::default()),
+            last_output: Mutex::new((String::new(), Vec::new())),
+        });
+        write_out(out_session, Box::into_raw(Box::new(bit_ttt_session { shared })))
+    })
+}
+
+/// Frees a session (NULL is a no-op). A running call is cancelled first; an async job that
+/// still runs keeps the session's memory alive until the job is freed.
+#[unsafe(no_mangle)]
+pub extern "C" fn bit_ttt_session_free(session: *mut bit_ttt_session) {
+    if !session.is_null() {
+        // SAFETY: `session` came from Box::into_raw in bit_ttt_session_new and is freed once.
+        let s = unsafe { Box::from_raw(session) };
+        s.shared.cancel.cancel();
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(s)));
+    }
+}
+
+/// Makes the running call on this session (from any thread) return CANCELLED within one token
+/// or one prompt chunk. Safe to call at any time; a no-op when nothing runs.
+#[unsafe(no_mangle)]
+pub extern "C" fn bit_ttt_session_cancel(session: *const bit_ttt_session) -> bit_ttt_status {
+    call(|| {
+        shared(session)?.cancel.cancel();
+        Ok(())
+    })
+}
+
+/// Resets parts of the session: BIT_TTT_RESET_CONTEXT (tokens and KV cache),
+/// BIT_TTT_RESET_ADAPTERS, BIT_TTT_RESET_RNG (back to the session's seed), or BIT_TTT_RESET_ALL.
+#[unsafe(no_mangle)]
+pub extern "C" fn bit_ttt_session_reset(session: *const bit_ttt_session, parts: u32) -> bit_ttt_status {
+    let s = match shared(session) {
+        Ok(s) => s,
+        Err(e) => return call(|| Err(e)),
+    };
+    s.with(|sess| {
+        if parts == 0 || parts & !BIT_TTT_RESET_ALL != 0 {
+            return Err(FfiError::invalid(format!("reset parts {parts:#x}: use BIT_TTT_RESET_* bits")));
+        }
+        sess.reset_parts(ResetParts(parts));
+        Ok(())
+    })
+}
+
+/// The message of the last failed call on this session ("" if none), whatever thread made it.
+/// Valid until the next failing call on the session.
+#[unsafe(no_mangle)]
+pub extern "C" fn bit_ttt_session_last_error(session: *const bit_ttt_session) -> *const c_char {
+    match shared(session) {
+        Ok(s) => s.last_error.lock().as_ptr(),
+        Err(_) => c"`session` is NULL".as_ptr(),
+    }
+}

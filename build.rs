@@ -6,18 +6,24 @@ fn main() {
     println!("cargo:rerun-if-changed=src/ffi");
     println!("cargo:rerun-if-changed=cbindgen.toml");
     println!("cargo:rerun-if-changed=build.rs");
-    let crate_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let mut config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml")).expect("cbindgen.toml parses");
+    let crate_dir =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let mut config =
+        cbindgen::Config::from_file(crate_dir.join("cbindgen.toml")).expect("cbindgen.toml parses");
     let v = |k: &str| std::env::var(k).expect("cargo sets the version variables");
     config.after_includes = Some(format!(
-        "\n#define BIT_TTT_VERSION_MAJOR {}\n#define BIT_TTT_VERSION_MINOR {}\n#define BIT_TTT_VERSION_PATCH {}\n#define BIT_TTT_VERSION \"{}\"\n",
+        "\n#define BIT_TTT_VERSION_MAJOR {}\n#define BIT_TTT_VERSION_MINOR {}\n#define BIT_TTT_VERSION_PATCH {}\n#define BIT_TTT_VERSION \"{}\"\n\n/** Pass as a string length to mean \"the string is NUL-terminated\". */\n#define BIT_TTT_NUL_TERMINATED SIZE_MAX\n",
         v("CARGO_PKG_VERSION_MAJOR"),
         v("CARGO_PKG_VERSION_MINOR"),
         v("CARGO_PKG_VERSION_PATCH"),
         v("CARGO_PKG_VERSION"),
     ));
     let header = crate_dir.join("include/bit_ttt.h");
-    match cbindgen::Builder::new().with_crate(&crate_dir).with_config(config).generate() {
+    match cbindgen::Builder::new()
+        .with_crate(&crate_dir)
+        .with_config(config)
+        .generate()
+    {
         Ok(bindings) => {
             bindings.write_to_file(&header);
         }

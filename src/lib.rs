@@ -36,8 +36,8 @@ pub use config::Config;
 pub use error::{Error, ErrorKind, Result};
 pub use sampling::SamplingParams;
 pub use session::{
-    CancelHandle, GenerateParams, GenerateResult, ResetParts, ScoreResult, Session, SessionParams, StopReason,
-    TokenEvent,
+    CancelHandle, GenerateParams, GenerateResult, ResetParts, ScoreResult, Session, SessionParams,
+    StopReason, TokenEvent,
 };
 pub use text::chat::ChatMessage;
 pub use text::tokenizer::TokenId;

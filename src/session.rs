@@ -151,11 +151,27 @@ impl ResetParts {
 
 /// Cancels the running call of a session from any thread.
 #[derive(Debug, Clone)]
+///
+/// A cancel reaches the call running when it is made; if none runs, the session's next call
+/// stops at once. Every call clears the request when it returns.
 pub struct CancelHandle(Arc<AtomicBool>);
 
 impl CancelHandle {
     pub fn cancel(&self) {
         self.0.store(true, Ordering::SeqCst);
+    }
+    /// Withdraws a pending request (hosts that track whether a call runs use this).
+    pub fn reset(&self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Clears the cancel request when a call returns, however it returns.
+struct ClearOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
     }
 }
 
@@ -338,8 +354,9 @@ impl Session {
         params: &GenerateParams,
         mut on_token: impl FnMut(&TokenEvent) -> bool,
     ) -> Result<GenerateResult> {
+        let cancel = self.cancel.clone();
+        let _clear = ClearOnDrop(&cancel);
         params.sampling.validate()?;
-        self.cancel.store(false, Ordering::SeqCst);
         let vocab = self.model.config().vocab_size;
         if let Some(bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
             return Err(Error::invalid_argument(format!(
@@ -461,7 +478,8 @@ impl Session {
 
     /// As `score`, from token ids.
     pub fn score_tokens(&mut self, tokens: &[TokenId]) -> Result<ScoreResult> {
-        self.cancel.store(false, Ordering::SeqCst);
+        let cancel = self.cancel.clone();
+        let _clear = ClearOnDrop(&cancel);
         if tokens.len() < 2 {
             return Err(Error::invalid_argument(format!(
                 "scoring needs at least 2 tokens, the text has {}",

@@ -69,7 +69,11 @@ pub(crate) fn handle<'a, T>(ptr: *const T, what: &str) -> FfiResult<&'a T> {
 }
 
 /// Reads a params struct: NULL means defaults; a struct_size other than ours is ABI_MISMATCH.
-pub(crate) fn params<T: Copy>(ptr: *const T, what: &str, defaults: impl FnOnce() -> T) -> FfiResult<T> {
+pub(crate) fn params<T: Copy>(
+    ptr: *const T,
+    what: &str,
+    defaults: impl FnOnce() -> T,
+) -> FfiResult<T> {
     if ptr.is_null() {
         return Ok(defaults());
     }
@@ -79,7 +83,10 @@ pub(crate) fn params<T: Copy>(ptr: *const T, what: &str, defaults: impl FnOnce()
     if size != std::mem::size_of::<T>() {
         return Err(FfiError::new(
             BIT_TTT_ABI_MISMATCH,
-            format!("{what}.struct_size is {size}, this library expects {}", std::mem::size_of::<T>()),
+            format!(
+                "{what}.struct_size is {size}, this library expects {}",
+                std::mem::size_of::<T>()
+            ),
         ));
     }
     // SAFETY: struct_size says the caller's struct is a full T.
@@ -96,7 +103,10 @@ pub(crate) fn out_struct<T>(ptr: *mut T, what: &str) -> FfiResult<*mut T> {
     if size != std::mem::size_of::<T>() {
         return Err(FfiError::new(
             BIT_TTT_ABI_MISMATCH,
-            format!("{what}.struct_size is {size}, this library expects {}", std::mem::size_of::<T>()),
+            format!(
+                "{what}.struct_size is {size}, this library expects {}",
+                std::mem::size_of::<T>()
+            ),
         ));
     }
     Ok(ptr)

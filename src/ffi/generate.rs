@@ -3,18 +3,19 @@
 use std::ffi::{c_char, c_void};
 
 use super::boundary::{call, out_struct, params, write_out};
+use super::session::bit_ttt_session;
 use super::session::shared;
 use super::status::*;
-use super::strings::{items_out, slice_in, str_in, string_in, text_out};
-use super::session::bit_ttt_session;
 use super::strings::bit_ttt_string;
+use super::strings::{items_out, slice_in, str_in, string_in, text_out};
 use crate::{GenerateParams, GenerateResult, SamplingParams, StopReason};
 
 /// Called for each generated token with the text it releases (`text_len` bytes of whole UTF-8
 /// characters, possibly 0; NUL-terminated; valid only during the call). Runs on the thread that
 /// called bit_ttt_generate. Return non-zero to stop generation.
-pub type bit_ttt_token_callback =
-    Option<extern "C" fn(user_data: *mut c_void, token: i32, text: *const c_char, text_len: usize) -> i32>;
+pub type bit_ttt_token_callback = Option<
+    extern "C" fn(user_data: *mut c_void, token: i32, text: *const c_char, text_len: usize) -> i32,
+>;
 
 /// `seed` value meaning: continue the session's random stream.
 pub const BIT_TTT_SEED_CONTINUE: u64 = u64::MAX;
@@ -103,7 +104,7 @@ impl bit_ttt_generate_params {
     }
 
     /// The Rust params, with every array copied (so async jobs own them).
-    pub(crate) fn to_rust(&self) -> FfiResult<GenerateParams> {
+    pub(crate) fn into_rust(self) -> FfiResult<GenerateParams> {
         let nonneg = |v: i32, name: &str| {
             usize::try_from(v).map_err(|_| FfiError::invalid(format!("{name} = {v}: must be >= 0")))
         };
@@ -113,7 +114,10 @@ impl bit_ttt_generate_params {
             .collect::<FfiResult<Vec<_>>>()?;
         let stop_tokens = slice_in(self.stop_tokens, self.n_stop_tokens, "stop_tokens")?
             .iter()
-            .map(|&t| u32::try_from(t).map_err(|_| FfiError::invalid(format!("stop token {t} is negative"))))
+            .map(|&t| {
+                u32::try_from(t)
+                    .map_err(|_| FfiError::invalid(format!("stop token {t} is negative")))
+            })
             .collect::<FfiResult<Vec<_>>>()?;
         let p = GenerateParams {
             sampling: SamplingParams {
@@ -161,7 +165,9 @@ pub(crate) fn result_out(r: &GenerateResult) -> bit_ttt_generate_result {
 
 /// Fills `params` with defaults (and its struct_size).
 #[unsafe(no_mangle)]
-pub extern "C" fn bit_ttt_generate_params_init(params: *mut bit_ttt_generate_params) -> bit_ttt_status {
+pub extern "C" fn bit_ttt_generate_params_init(
+    params: *mut bit_ttt_generate_params,
+) -> bit_ttt_status {
     call(|| write_out(params, bit_ttt_generate_params::defaults()))
 }
 
@@ -182,10 +188,18 @@ pub extern "C" fn bit_ttt_generate(
         Err(e) => return call(|| Err(e)),
     };
     s.with(|sess| {
-        let out = if out_result.is_null() { None } else { Some(out_struct(out_result, "out_result")?) };
+        let out = if out_result.is_null() {
+            None
+        } else {
+            Some(out_struct(out_result, "out_result")?)
+        };
         let prompt = str_in(prompt, prompt_len, "prompt")?;
-        let raw = self::params(params, "bit_ttt_generate_params", bit_ttt_generate_params::defaults)?;
-        let p = raw.to_rust()?;
+        let raw = self::params(
+            params,
+            "bit_ttt_generate_params",
+            bit_ttt_generate_params::defaults,
+        )?;
+        let p = raw.into_rust()?;
         let mut buf = Vec::new();
         let result = sess.generate(prompt, &p, |ev| match raw.on_token {
             None => true,
@@ -193,10 +207,18 @@ pub extern "C" fn bit_ttt_generate(
                 buf.clear();
                 buf.extend_from_slice(ev.text.as_bytes());
                 buf.push(0);
-                cb(raw.user_data, ev.token as i32, buf.as_ptr().cast(), ev.text.len()) == 0
+                cb(
+                    raw.user_data,
+                    ev.token as i32,
+                    buf.as_ptr().cast(),
+                    ev.text.len(),
+                ) == 0
             }
         })?;
-        *s.last_output.lock() = (result.text.clone(), result.tokens.iter().map(|&t| t as i32).collect());
+        *s.last_output.lock() = (
+            result.text.clone(),
+            result.tokens.iter().map(|&t| t as i32).collect(),
+        );
         if result.stop_reason == StopReason::Cancelled {
             return Err(FfiError::new(BIT_TTT_CANCELLED, "generation was cancelled"));
         }

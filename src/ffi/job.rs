@@ -11,10 +11,10 @@ use parking_lot::{Condvar, Mutex};
 
 use super::boundary::{call, handle, out_struct, params, write_out};
 use super::generate::{bit_ttt_generate_params, bit_ttt_generate_result, result_out};
-use super::session::{bit_ttt_session, shared};
+use super::session::{SessionShared, bit_ttt_session, shared};
 use super::status::*;
 use super::strings::{str_in, text_out};
-use crate::{CancelHandle, GenerateResult, StopReason};
+use crate::{GenerateResult, StopReason};
 
 #[derive(Default)]
 struct JobState {
@@ -35,7 +35,7 @@ struct JobShared {
 /// A generation running on an internal thread. Free with bit_ttt_job_free.
 pub struct bit_ttt_job {
     shared: Arc<JobShared>,
-    cancel: CancelHandle,
+    session: Arc<SessionShared>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -58,18 +58,31 @@ pub extern "C" fn bit_ttt_generate_async(
             return Err(FfiError::null("out_job"));
         }
         if s.poisoned.load(Ordering::SeqCst) {
-            return Err(FfiError::new(BIT_TTT_POISONED, "the session was poisoned by an earlier panic"));
+            return Err(FfiError::new(
+                BIT_TTT_POISONED,
+                "the session was poisoned by an earlier panic",
+            ));
         }
         let prompt = str_in(prompt, prompt_len, "prompt")?.to_string();
-        let raw = self::params(params, "bit_ttt_generate_params", bit_ttt_generate_params::defaults)?;
+        let raw = self::params(
+            params,
+            "bit_ttt_generate_params",
+            bit_ttt_generate_params::defaults,
+        )?;
         if raw.on_token.is_some() {
-            return Err(FfiError::invalid("on_token must be NULL for an async job: poll the job for text"));
+            return Err(FfiError::invalid(
+                "on_token must be NULL for an async job: poll the job for text",
+            ));
         }
-        let p = raw.to_rust()?;
-        let mut guard = s
-            .session
-            .try_lock_arc()
-            .ok_or_else(|| FfiError::new(BIT_TTT_BUSY, "the session is in use by another call"))?;
+        let p = raw.into_rust()?;
+        s.begin()?;
+        let Some(mut guard) = s.session.try_lock_arc() else {
+            s.end();
+            return Err(FfiError::new(
+                BIT_TTT_BUSY,
+                "the session is in use by another call",
+            ));
+        };
         let job = Arc::new(JobShared::default());
         let (job2, sess_shared) = (job.clone(), s.clone());
         let thread = std::thread::Builder::new()
@@ -85,10 +98,12 @@ pub extern "C" fn bit_ttt_generate_async(
                     })
                 }));
                 drop(guard);
+                sess_shared.end();
                 let mut st = job2.state.lock();
                 match run {
                     Ok(Ok(r)) => {
-                        *sess_shared.last_output.lock() = (r.text.clone(), r.tokens.iter().map(|&t| t as i32).collect());
+                        *sess_shared.last_output.lock() =
+                            (r.text.clone(), r.tokens.iter().map(|&t| t as i32).collect());
                         if r.stop_reason == StopReason::Cancelled {
                             st.status = BIT_TTT_CANCELLED;
                             st.message = "generation was cancelled".into();
@@ -110,8 +125,18 @@ pub extern "C" fn bit_ttt_generate_async(
                 drop(st);
                 job2.changed.notify_all();
             })
-            .map_err(|e| FfiError::new(BIT_TTT_OUT_OF_MEMORY, format!("cannot start a job thread: {e}")))?;
-        let handle = bit_ttt_job { shared: job, cancel: s.cancel.clone(), thread: Mutex::new(Some(thread)) };
+            .map_err(|e| {
+                s.end();
+                FfiError::new(
+                    BIT_TTT_OUT_OF_MEMORY,
+                    format!("cannot start a job thread: {e}"),
+                )
+            })?;
+        let handle = bit_ttt_job {
+            shared: job,
+            session: s.clone(),
+            thread: Mutex::new(Some(thread)),
+        };
         write_out(out_job, Box::into_raw(Box::new(handle)))
     });
     if status != BIT_TTT_OK {
@@ -146,13 +171,18 @@ pub extern "C" fn bit_ttt_job_poll(
 /// Blocks until the job finishes or `timeout_ms` passes (negative = no limit); `*out_done`
 /// tells which.
 #[unsafe(no_mangle)]
-pub extern "C" fn bit_ttt_job_wait(job: *const bit_ttt_job, timeout_ms: i32, out_done: *mut u8) -> bit_ttt_status {
+pub extern "C" fn bit_ttt_job_wait(
+    job: *const bit_ttt_job,
+    timeout_ms: i32,
+    out_done: *mut u8,
+) -> bit_ttt_status {
     call(|| {
         let j = handle(job, "job")?;
         if out_done.is_null() {
             return Err(FfiError::null("out_done"));
         }
-        let deadline = (timeout_ms >= 0).then(|| Instant::now() + Duration::from_millis(timeout_ms as u64));
+        let deadline =
+            (timeout_ms >= 0).then(|| Instant::now() + Duration::from_millis(timeout_ms as u64));
         let mut st = j.shared.state.lock();
         while !st.done {
             match deadline {
@@ -171,10 +201,17 @@ pub extern "C" fn bit_ttt_job_wait(job: *const bit_ttt_job, timeout_ms: i32, out
 /// The outcome of a finished job: the generate's status (BIT_TTT_OK, BIT_TTT_CANCELLED, an
 /// error), with `out_result` (may be NULL) written on OK. BIT_TTT_BUSY while it still runs.
 #[unsafe(no_mangle)]
-pub extern "C" fn bit_ttt_job_result(job: *const bit_ttt_job, out_result: *mut bit_ttt_generate_result) -> bit_ttt_status {
+pub extern "C" fn bit_ttt_job_result(
+    job: *const bit_ttt_job,
+    out_result: *mut bit_ttt_generate_result,
+) -> bit_ttt_status {
     call(|| {
         let j = handle(job, "job")?;
-        let out = if out_result.is_null() { None } else { Some(out_struct(out_result, "out_result")?) };
+        let out = if out_result.is_null() {
+            None
+        } else {
+            Some(out_struct(out_result, "out_result")?)
+        };
         let st = j.shared.state.lock();
         if !st.done {
             return Err(FfiError::new(BIT_TTT_BUSY, "the job is still running"));
@@ -193,7 +230,11 @@ pub extern "C" fn bit_ttt_job_result(job: *const bit_ttt_job, out_result: *mut b
 #[unsafe(no_mangle)]
 pub extern "C" fn bit_ttt_job_cancel(job: *const bit_ttt_job) -> bit_ttt_status {
     call(|| {
-        handle(job, "job")?.cancel.cancel();
+        let j = handle(job, "job")?;
+        // A finished job must not cancel a later call on the same session.
+        if !j.shared.state.lock().done {
+            j.session.cancel();
+        }
         Ok(())
     })
 }
@@ -208,7 +249,7 @@ pub extern "C" fn bit_ttt_job_free(job: *mut bit_ttt_job) {
     let j = unsafe { Box::from_raw(job) };
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
         if !j.shared.state.lock().done {
-            j.cancel.cancel();
+            j.session.cancel();
         }
         if let Some(t) = j.thread.lock().take() {
             let _ = t.join();

@@ -3,6 +3,9 @@
 //! cbindgen turns this module into include/bit_ttt.h.
 
 #![allow(non_camel_case_types)]
+// The exports take raw pointers from C by design; their validity is the C caller's contract
+// (documented per function), and every dereference is in an `unsafe` block with its SAFETY note.
+#![allow(clippy::not_unsafe_ptr_arg_deref)]
 
 mod boundary;
 mod generate;

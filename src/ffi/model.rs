@@ -27,10 +27,15 @@ pub struct bit_ttt_model_params {
 
 impl bit_ttt_model_params {
     fn defaults() -> Self {
-        Self { struct_size: std::mem::size_of::<Self>() as u32, n_threads: 0 }
+        Self {
+            struct_size: std::mem::size_of::<Self>() as u32,
+            n_threads: 0,
+        }
     }
-    fn to_rust(self) -> ModelParams {
-        ModelParams { n_threads: self.n_threads as usize }
+    fn into_rust(self) -> ModelParams {
+        ModelParams {
+            n_threads: self.n_threads as usize,
+        }
     }
 }
 
@@ -112,8 +117,12 @@ pub extern "C" fn bit_ttt_model_load(
             return Err(FfiError::null("out_model"));
         }
         let path = path_in(path, path_len)?;
-        let p = self::params(params, "bit_ttt_model_params", bit_ttt_model_params::defaults)?;
-        boxed(Model::load(path, &p.to_rust())?, out_model)
+        let p = self::params(
+            params,
+            "bit_ttt_model_params",
+            bit_ttt_model_params::defaults,
+        )?;
+        boxed(Model::load(path, &p.into_rust())?, out_model)
     })
 }
 
@@ -136,8 +145,12 @@ pub extern "C" fn bit_ttt_model_load_memory(
             let data = bytes_in(f.data.cast(), f.data_len, "files[].data")?;
             map.insert(name.to_string(), Arc::new(data.to_vec()));
         }
-        let p = self::params(params, "bit_ttt_model_params", bit_ttt_model_params::defaults)?;
-        boxed(Model::load_memory(map, &p.to_rust())?, out_model)
+        let p = self::params(
+            params,
+            "bit_ttt_model_params",
+            bit_ttt_model_params::defaults,
+        )?;
+        boxed(Model::load_memory(map, &p.into_rust())?, out_model)
     })
 }
 
@@ -147,13 +160,18 @@ pub extern "C" fn bit_ttt_model_load_memory(
 pub extern "C" fn bit_ttt_model_free(model: *mut bit_ttt_model) {
     if !model.is_null() {
         // SAFETY: `model` came from Box::into_raw in this module and is freed once.
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(unsafe { Box::from_raw(model) })));
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            drop(unsafe { Box::from_raw(model) })
+        }));
     }
 }
 
 /// Describes a loaded model.
 #[unsafe(no_mangle)]
-pub extern "C" fn bit_ttt_model_get_info(model: *const bit_ttt_model, out_info: *mut bit_ttt_model_info) -> bit_ttt_status {
+pub extern "C" fn bit_ttt_model_get_info(
+    model: *const bit_ttt_model,
+    out_info: *mut bit_ttt_model_info,
+) -> bit_ttt_status {
     call(|| {
         let m = &handle(model, "model")?.model;
         let out = out_struct(out_info, "out_info")?;

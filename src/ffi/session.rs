@@ -15,6 +15,9 @@ use crate::{CancelHandle, ResetParts, Session, SessionParams};
 /// The shared part of a session handle; async jobs hold it too.
 pub(crate) struct SessionShared {
     pub session: Arc<Mutex<Session>>,
+    /// True while a call (or job) holds the session. Cancel requests and the start of a call
+    /// are ordered by this lock, so a cancel is never lost nor left over for the next call.
+    pub running: Mutex<bool>,
     pub cancel: CancelHandle,
     pub poisoned: AtomicBool,
     pub last_error: Mutex<CString>,
@@ -59,23 +62,60 @@ impl bit_ttt_session_params {
 }
 
 pub(crate) fn session_params(p: *const bit_ttt_session_params) -> FfiResult<SessionParams> {
-    let p = params(p, "bit_ttt_session_params", bit_ttt_session_params::defaults)?;
-    Ok(SessionParams { n_ctx: p.n_ctx as usize, n_batch: p.n_batch as usize, seed: p.seed })
+    let p = params(
+        p,
+        "bit_ttt_session_params",
+        bit_ttt_session_params::defaults,
+    )?;
+    Ok(SessionParams {
+        n_ctx: p.n_ctx as usize,
+        n_batch: p.n_batch as usize,
+        seed: p.seed,
+    })
 }
 
 impl SessionShared {
+    /// Marks the session as running a call; BUSY if it already is.
+    pub(crate) fn begin(&self) -> FfiResult {
+        let mut running = self.running.lock();
+        if *running {
+            return Err(FfiError::new(
+                BIT_TTT_BUSY,
+                "the session is in use by another call",
+            ));
+        }
+        *running = true;
+        self.cancel.reset();
+        Ok(())
+    }
+
+    pub(crate) fn end(&self) {
+        *self.running.lock() = false;
+    }
+
+    /// Cancels the running call, if any.
+    pub(crate) fn cancel(&self) {
+        if *self.running.lock() {
+            self.cancel.cancel();
+        }
+    }
+
     /// Runs `f` on the session: BUSY if another call holds it, POISONED after a panic; errors
     /// are also recorded as the session's last error.
     pub(crate) fn with(&self, f: impl FnOnce(&mut Session) -> FfiResult) -> bit_ttt_status {
         let status = call_with(
             || {
                 if self.poisoned.load(Ordering::SeqCst) {
-                    return Err(FfiError::new(BIT_TTT_POISONED, "the session was poisoned by an earlier panic"));
+                    return Err(FfiError::new(
+                        BIT_TTT_POISONED,
+                        "the session was poisoned by an earlier panic",
+                    ));
                 }
-                let mut guard = self
-                    .session
-                    .try_lock()
-                    .ok_or_else(|| FfiError::new(BIT_TTT_BUSY, "the session is in use by another call"))?;
+                self.begin()?;
+                let _end = EndOnDrop(self);
+                let mut guard = self.session.try_lock().ok_or_else(|| {
+                    FfiError::new(BIT_TTT_BUSY, "the session is in use by another call")
+                })?;
                 f(&mut guard)
             },
             || self.poisoned.store(true, Ordering::SeqCst),
@@ -94,13 +134,24 @@ impl SessionShared {
     }
 }
 
+/// Ends a call when dropped, also when the call panics.
+pub(crate) struct EndOnDrop<'a>(pub &'a SessionShared);
+
+impl Drop for EndOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
 pub(crate) fn shared<'a>(session: *const bit_ttt_session) -> FfiResult<&'a Arc<SessionShared>> {
     Ok(&handle(session, "session")?.shared)
 }
 
 /// Fills `params` with defaults (and its struct_size).
 #[unsafe(no_mangle)]
-pub extern "C" fn bit_ttt_session_params_init(params: *mut bit_ttt_session_params) -> bit_ttt_status {
+pub extern "C" fn bit_ttt_session_params_init(
+    params: *mut bit_ttt_session_params,
+) -> bit_ttt_status {
     call(|| write_out(params, bit_ttt_session_params::defaults()))
 }
 
@@ -120,11 +171,15 @@ pub extern "C" fn bit_ttt_session_new(
         let shared = Arc::new(SessionShared {
             cancel: session.cancel_handle(),
             session: Arc::new(Mutex::new(session)),
+            running: Mutex::new(false),
             poisoned: AtomicBool::new(false),
             last_error: Mutex::new(CString::default()),
             last_output: Mutex::new((String::new(), Vec::new())),
         });
-        write_out(out_session, Box::into_raw(Box::new(bit_ttt_session { shared })))
+        write_out(
+            out_session,
+            Box::into_raw(Box::new(bit_ttt_session { shared })),
+        )
     })
 }
 
@@ -135,7 +190,7 @@ pub extern "C" fn bit_ttt_session_free(session: *mut bit_ttt_session) {
     if !session.is_null() {
         // SAFETY: `session` came from Box::into_raw in bit_ttt_session_new and is freed once.
         let s = unsafe { Box::from_raw(session) };
-        s.shared.cancel.cancel();
+        s.shared.cancel();
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(s)));
     }
 }
@@ -145,7 +200,7 @@ pub extern "C" fn bit_ttt_session_free(session: *mut bit_ttt_session) {
 #[unsafe(no_mangle)]
 pub extern "C" fn bit_ttt_session_cancel(session: *const bit_ttt_session) -> bit_ttt_status {
     call(|| {
-        shared(session)?.cancel.cancel();
+        shared(session)?.cancel();
         Ok(())
     })
 }
@@ -153,14 +208,19 @@ pub extern "C" fn bit_ttt_session_cancel(session: *const bit_ttt_session) -> bit
 /// Resets parts of the session: BIT_TTT_RESET_CONTEXT (tokens and KV cache),
 /// BIT_TTT_RESET_ADAPTERS, BIT_TTT_RESET_RNG (back to the session's seed), or BIT_TTT_RESET_ALL.
 #[unsafe(no_mangle)]
-pub extern "C" fn bit_ttt_session_reset(session: *const bit_ttt_session, parts: u32) -> bit_ttt_status {
+pub extern "C" fn bit_ttt_session_reset(
+    session: *const bit_ttt_session,
+    parts: u32,
+) -> bit_ttt_status {
     let s = match shared(session) {
         Ok(s) => s,
         Err(e) => return call(|| Err(e)),
     };
     s.with(|sess| {
         if parts == 0 || parts & !BIT_TTT_RESET_ALL != 0 {
-            return Err(FfiError::invalid(format!("reset parts {parts:#x}: use BIT_TTT_RESET_* bits")));
+            return Err(FfiError::invalid(format!(
+                "reset parts {parts:#x}: use BIT_TTT_RESET_* bits"
+            )));
         }
         sess.reset_parts(ResetParts(parts));
         Ok(())

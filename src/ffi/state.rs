@@ -56,8 +56,14 @@ pub extern "C" fn bit_ttt_session_state_save_file(
     s.with(|sess| {
         let path = path_in(path, path_len)?;
         let blob = sess.save_state();
-        let name = path.file_name().ok_or_else(|| FfiError::invalid(format!("{}: not a file path", path.display())))?;
-        let tmp = path.with_file_name(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+        let name = path
+            .file_name()
+            .ok_or_else(|| FfiError::invalid(format!("{}: not a file path", path.display())))?;
+        let tmp = path.with_file_name(format!(
+            ".{}.tmp-{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
         let write = || -> std::io::Result<()> {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(&blob)?;

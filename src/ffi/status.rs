@@ -51,7 +51,10 @@ pub(crate) struct FfiError {
 
 impl FfiError {
     pub fn new(status: bit_ttt_status, message: impl Into<String>) -> Self {
-        Self { status, message: message.into() }
+        Self {
+            status,
+            message: message.into(),
+        }
     }
     pub fn null(what: &str) -> Self {
         Self::new(BIT_TTT_NULL_POINTER, format!("`{what}` is NULL"))

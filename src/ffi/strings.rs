@@ -6,7 +6,8 @@ use std::path::PathBuf;
 
 use super::status::*;
 
-/// Pass as a length to mean "the string is NUL-terminated".
+/// Pass as a length to mean "the string is NUL-terminated" (SIZE_MAX; the header defines it
+/// by hand because cbindgen cannot spell usize::MAX portably).
 pub const BIT_TTT_NUL_TERMINATED: usize = usize::MAX;
 
 /// A UTF-8 string given by pointer and length (len may be BIT_TTT_NUL_TERMINATED).
@@ -20,7 +21,11 @@ pub struct bit_ttt_string {
 /// The bytes of an input string. NULL is accepted only with length 0.
 pub(crate) fn bytes_in<'a>(ptr: *const c_char, len: usize, what: &str) -> FfiResult<&'a [u8]> {
     if ptr.is_null() {
-        return if len == 0 { Ok(&[]) } else { Err(FfiError::null(what)) };
+        return if len == 0 {
+            Ok(&[])
+        } else {
+            Err(FfiError::null(what))
+        };
     }
     if len == BIT_TTT_NUL_TERMINATED {
         // SAFETY: the caller promises a NUL-terminated string when passing NUL_TERMINATED.
@@ -33,8 +38,12 @@ pub(crate) fn bytes_in<'a>(ptr: *const c_char, len: usize, what: &str) -> FfiRes
 /// An input string, which must be UTF-8.
 pub(crate) fn str_in<'a>(ptr: *const c_char, len: usize, what: &str) -> FfiResult<&'a str> {
     let bytes = bytes_in(ptr, len, what)?;
-    std::str::from_utf8(bytes)
-        .map_err(|e| FfiError::new(BIT_TTT_INVALID_UTF8, format!("`{what}` is not valid UTF-8: {e}")))
+    std::str::from_utf8(bytes).map_err(|e| {
+        FfiError::new(
+            BIT_TTT_INVALID_UTF8,
+            format!("`{what}` is not valid UTF-8: {e}"),
+        )
+    })
 }
 
 pub(crate) fn string_in(s: &bit_ttt_string, what: &str) -> FfiResult<String> {
@@ -92,7 +101,12 @@ pub(crate) fn text_out(text: &str, buf: *mut c_char, cap: usize, out_len: *mut u
 }
 
 /// Copies `items` into `buf`; `*out_len` gets the number of items (the capacity needed).
-pub(crate) fn items_out<T: Copy>(items: &[T], buf: *mut T, cap: usize, out_len: *mut usize) -> FfiResult {
+pub(crate) fn items_out<T: Copy>(
+    items: &[T],
+    buf: *mut T,
+    cap: usize,
+    out_len: *mut usize,
+) -> FfiResult {
     if out_len.is_null() {
         return Err(FfiError::null("out_len"));
     }

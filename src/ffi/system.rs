@@ -44,7 +44,11 @@ pub extern "C" fn bit_ttt_version_string() -> *const c_char {
 /// Text describing the build and machine: version, CPU features detected, the ternary kernel
 /// chosen, threads, CUDA. One `key: value` per line.
 #[unsafe(no_mangle)]
-pub extern "C" fn bit_ttt_system_info(buf: *mut c_char, cap: usize, out_len: *mut usize) -> bit_ttt_status {
+pub extern "C" fn bit_ttt_system_info(
+    buf: *mut c_char,
+    cap: usize,
+    out_len: *mut usize,
+) -> bit_ttt_status {
     call(|| text_out(&crate::kernels::system_info(), buf, cap, out_len))
 }
 
@@ -62,14 +66,25 @@ struct Callback {
 
 /// Installs the log callback (NULL to silence the library, the default).
 #[unsafe(no_mangle)]
-pub extern "C" fn bit_ttt_set_log_callback(callback: bit_ttt_log_callback, user_data: *mut c_void) -> bit_ttt_status {
+pub extern "C" fn bit_ttt_set_log_callback(
+    callback: bit_ttt_log_callback,
+    user_data: *mut c_void,
+) -> bit_ttt_status {
     call(|| {
         let sink = callback.map(|f| {
-            let cb = Callback { f, user_data: user_data as usize };
+            let cb = Callback {
+                f,
+                user_data: user_data as usize,
+            };
             Box::new(move |level: Level, msg: &str| {
                 let mut bytes = msg.as_bytes().to_vec();
                 bytes.push(0);
-                (cb.f)(cb.user_data as *mut c_void, level as i32, bytes.as_ptr().cast(), msg.len());
+                (cb.f)(
+                    cb.user_data as *mut c_void,
+                    level as i32,
+                    bytes.as_ptr().cast(),
+                    msg.len(),
+                );
             }) as Box<dyn Fn(Level, &str) + Send + Sync>
         });
         log::set_sink(sink);

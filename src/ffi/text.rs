@@ -31,7 +31,11 @@ pub extern "C" fn bit_ttt_tokenize(
     call(|| {
         let m = &handle(model, "model")?.model;
         let text = str_in(text, text_len, "text")?;
-        let ids: Vec<i32> = m.tokenize(text, add_special != 0)?.into_iter().map(|t| t as i32).collect();
+        let ids: Vec<i32> = m
+            .tokenize(text, add_special != 0)?
+            .into_iter()
+            .map(|t| t as i32)
+            .collect();
         items_out(&ids, tokens, cap, out_len)
     })
 }
@@ -50,7 +54,9 @@ pub extern "C" fn bit_ttt_detokenize(
         let m = &handle(model, "model")?.model;
         let ids = slice_in(tokens, n_tokens, "tokens")?
             .iter()
-            .map(|&t| u32::try_from(t).map_err(|_| FfiError::invalid(format!("token id {t} is negative"))))
+            .map(|&t| {
+                u32::try_from(t).map_err(|_| FfiError::invalid(format!("token id {t} is negative")))
+            })
             .collect::<FfiResult<Vec<_>>>()?;
         text_out(&m.detokenize(&ids)?, buf, cap, out_len)
     })
@@ -72,8 +78,18 @@ pub extern "C" fn bit_ttt_chat_apply_template(
         let m = &handle(model, "model")?.model;
         let msgs = slice_in(messages, n_messages, "messages")?
             .iter()
-            .map(|msg| Ok(ChatMessage::new(string_in(&msg.role, "role")?, string_in(&msg.content, "content")?)))
+            .map(|msg| {
+                Ok(ChatMessage::new(
+                    string_in(&msg.role, "role")?,
+                    string_in(&msg.content, "content")?,
+                ))
+            })
             .collect::<FfiResult<Vec<_>>>()?;
-        text_out(&m.apply_chat_template(&msgs, add_generation_prompt != 0)?, buf, cap, out_len)
+        text_out(
+            &m.apply_chat_template(&msgs, add_generation_prompt != 0)?,
+            buf,
+            cap,
+            out_len,
+        )
     })
 }

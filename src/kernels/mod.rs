@@ -16,7 +16,17 @@ pub fn cpu_features() -> Vec<&'static str> {
         macro_rules! probe {
             ($($name:tt),*) => {$( if std::arch::is_x86_feature_detected!($name) { f.push($name); } )*};
         }
-        probe!("sse4.1", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512vnni", "avxvnni", "avx512bf16");
+        probe!(
+            "sse4.1",
+            "avx2",
+            "fma",
+            "avx512f",
+            "avx512bw",
+            "avx512vl",
+            "avx512vnni",
+            "avxvnni",
+            "avx512bf16"
+        );
     }
     #[cfg(target_arch = "aarch64")]
     {

@@ -236,3 +236,63 @@ pub extern "C" fn bit_ttt_session_last_error(session: *const bit_ttt_session) ->
         Err(_) => c"`session` is NULL".as_ptr(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Model, ModelParams};
+
+    fn shared_session() -> SessionShared {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/bitnet_packed_auto");
+        let model = Model::load(dir, &ModelParams { n_threads: 1 }).unwrap();
+        let session = Session::new(&model, &SessionParams::default()).unwrap();
+        SessionShared {
+            cancel: session.cancel_handle(),
+            session: Arc::new(Mutex::new(session)),
+            running: Mutex::new(false),
+            poisoned: AtomicBool::new(false),
+            last_error: Mutex::new(CString::default()),
+            last_output: Mutex::new((String::new(), Vec::new())),
+        }
+    }
+
+    #[test]
+    fn a_panic_becomes_panic_status_and_poisons_the_session() {
+        let s = shared_session();
+        let status = s.with(|_| panic!("boom"));
+        assert_eq!(status, BIT_TTT_PANIC);
+        assert!(s.last_error.lock().to_str().unwrap().contains("boom"));
+        // The session is poisoned but not left busy.
+        assert_eq!(s.with(|_| Ok(())), BIT_TTT_POISONED);
+        assert!(!*s.running.lock());
+    }
+
+    #[test]
+    fn cancel_reaches_only_a_running_call() {
+        let s = shared_session();
+        s.cancel(); // idle: nothing to cancel, nothing left over
+        let status = s.with(|sess| {
+            let r = sess.generate(
+                "Hello",
+                &crate::GenerateParams {
+                    max_tokens: 3,
+                    ..Default::default()
+                },
+                |_| true,
+            )?;
+            assert_ne!(r.stop_reason, crate::StopReason::Cancelled);
+            Ok(())
+        });
+        assert_eq!(status, BIT_TTT_OK);
+        // A call that started gets a cancel made before its first token.
+        let status = s.with(|sess| {
+            s.cancel();
+            let r = sess.generate(" more", &crate::GenerateParams::default(), |_| true)?;
+            assert_eq!(r.stop_reason, crate::StopReason::Cancelled);
+            Ok(())
+        });
+        assert_eq!(status, BIT_TTT_OK);
+        assert_eq!(s.with(|_| Ok(())), BIT_TTT_OK);
+    }
+}

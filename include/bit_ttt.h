@@ -100,6 +100,21 @@
 #define BIT_TTT_LOG_DEBUG 4
 
 /**
+ * Weights per block.
+ */
+#define BLOCK 256
+
+/**
+ * Bytes per block (2 bits per weight).
+ */
+#define BLOCK_BYTES (BLOCK / 4)
+
+/**
+ * A ternary matrix-product implementation.
+ */
+typedef struct Kernel Kernel;
+
+/**
  * A generation running on an internal thread. Free with bit_ttt_job_free.
  */
 typedef struct bit_ttt_job bit_ttt_job;
@@ -225,6 +240,11 @@ typedef struct bit_ttt_model_params {
    * Worker threads; 0 = one per core.
    */
   uint32_t n_threads;
+  /**
+   * Ternary kernel by name ("portable", "avx2", "avx512vnni"); empty = the BIT_TTT_KERNEL
+   * environment variable if set, else the fastest this CPU runs.
+   */
+  struct bit_ttt_string kernel;
 } bit_ttt_model_params;
 
 /**
@@ -419,6 +439,8 @@ typedef struct bit_ttt_chat_message {
  * The library panicked; the process is fine, the session (if any) is poisoned.
  */
 #define BIT_TTT_PANIC 101
+
+
 
 
 

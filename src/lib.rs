@@ -51,6 +51,8 @@ use text::tokenizer::Tokenizer;
 pub struct ModelParams {
     /// Worker threads for this model's compute; 0 = one per available core.
     pub n_threads: usize,
+    /// The ternary kernel; `None` = BIT_TTT_KERNEL if set, else the fastest this CPU runs.
+    pub kernel: Option<kernels::Kernel>,
 }
 
 /// Size and shape of a loaded model, as reported by `bit-ttt info`.
@@ -124,6 +126,7 @@ impl Model {
     }
 
     fn load_source(src: Source, params: &ModelParams) -> Result<Model> {
+        let kernel = kernels::Kernel::select(params.kernel)?;
         let (weights, fingerprint) = loader::load_weights(&src)?;
         let tokenizer = Tokenizer::from_source(&src)?;
         let cfg = &weights.config;
@@ -159,14 +162,14 @@ impl Model {
                 cfg.num_layers,
                 cfg.hidden_size,
                 cfg.vocab_size,
-                kernels::kernel_name(),
+                kernel.name(),
                 pool.current_num_threads()
             )
         });
         Ok(Model(Arc::new(ModelInner {
             bos_token: tokenizer.bos_token.clone(),
             eos_token: tokenizer.eos_token.clone(),
-            transformer: Transformer::new(weights),
+            transformer: Transformer::new(weights, kernel),
             tokenizer,
             stop_tokens,
             source: src,
@@ -189,6 +192,10 @@ impl Model {
     /// Token ids that end generation (EOS / EOT from the configs).
     pub fn stop_tokens(&self) -> &[TokenId] {
         &self.0.stop_tokens
+    }
+    /// The ternary kernel the model computes with.
+    pub fn kernel(&self) -> kernels::Kernel {
+        self.0.transformer.kernel()
     }
     /// Number of worker threads the model computes with.
     pub fn n_threads(&self) -> usize {

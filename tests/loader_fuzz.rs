@@ -38,7 +38,7 @@ proptest! {
     #[test]
     fn random_safetensors_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
         let dir = folder_with(&bytes, &fixture_file("config.json"));
-        let loaded = Model::load(dir.path(), &ModelParams { n_threads: 1 });
+        let loaded = Model::load(dir.path(), &ModelParams { n_threads: 1, ..Default::default() });
         prop_assert!(loaded.is_err());
     }
 
@@ -56,7 +56,7 @@ proptest! {
             bytes.truncate(c.index(bytes.len()));
         }
         let dir = folder_with(&bytes, &fixture_file("config.json"));
-        let _ = Model::load(dir.path(), &ModelParams { n_threads: 1 });
+        let _ = Model::load(dir.path(), &ModelParams { n_threads: 1, ..Default::default() });
     }
 
     #[test]
@@ -67,6 +67,6 @@ proptest! {
             config[at] = b;
         }
         let dir = folder_with(&fixture_file("model.safetensors"), &config);
-        let _ = Model::load(dir.path(), &ModelParams { n_threads: 1 });
+        let _ = Model::load(dir.path(), &ModelParams { n_threads: 1, ..Default::default() });
     }
 }

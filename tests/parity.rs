@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use bit_ttt::kernels::Kernel;
 use bit_ttt::{GenerateParams, Model, ModelParams, SamplingParams, Session, SessionParams};
 use serde_json::Value;
 
@@ -58,9 +59,17 @@ fn ids(v: &Value) -> Vec<u32> {
         .collect()
 }
 
-fn load(name: &str) -> (Model, Session) {
-    let model = Model::load(fixture(name), &ModelParams::default())
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
+/// Every kernel this CPU runs, each checked against the same references.
+fn kernels() -> Vec<Kernel> {
+    Kernel::available()
+}
+
+fn load_with(name: &str, kernel: Kernel) -> (Model, Session) {
+    let params = ModelParams {
+        kernel: Some(kernel),
+        ..Default::default()
+    };
+    let model = Model::load(fixture(name), &params).unwrap_or_else(|e| panic!("{name}: {e}"));
     let session = Session::new(
         &model,
         &SessionParams {
@@ -75,8 +84,11 @@ fn load(name: &str) -> (Model, Session) {
 
 #[test]
 fn logits_match_transformers() {
-    for name in FIXTURES {
-        let (model, mut session) = load(name);
+    for (name, kernel) in FIXTURES
+        .iter()
+        .flat_map(|n| kernels().into_iter().map(move |k| (n, k)))
+    {
+        let (model, mut session) = load_with(name, kernel);
         let (json, tensors) = reference(&fixture(name));
         let vocab = model.config().vocab_size;
         let (mut max_err, mut top1_agree, mut positions) = (0.0f32, 0, 0);
@@ -109,8 +121,11 @@ fn logits_match_transformers() {
 
 #[test]
 fn nll_matches_transformers() {
-    for name in FIXTURES {
-        let (model, mut session) = load(name);
+    for (name, kernel) in FIXTURES
+        .iter()
+        .flat_map(|n| kernels().into_iter().map(move |k| (n, k)))
+    {
+        let (model, mut session) = load_with(name, kernel);
         let (json, _) = reference(&fixture(name));
         let score = &json["score"];
         let tokens = ids(&score["ids"]);
@@ -129,15 +144,21 @@ fn nll_matches_transformers() {
             .collect();
         let (a, b) = (ours.nll_sum(), theirs.iter().sum::<f64>());
         let rel = ((a - b) / b).abs();
-        println!("{name}: NLL sum {a:.5} vs {b:.5} (relative error {rel:.2e})");
+        println!(
+            "{name} [{}]: NLL sum {a:.5} vs {b:.5} (relative error {rel:.2e})",
+            kernel.name()
+        );
         assert!(rel < 1e-3, "{name}: NLL {a} vs {b}");
     }
 }
 
 #[test]
 fn greedy_continuations_match_transformers() {
-    for name in FIXTURES {
-        let (_, mut session) = load(name);
+    for (name, kernel) in FIXTURES
+        .iter()
+        .flat_map(|n| kernels().into_iter().map(move |k| (n, k)))
+    {
+        let (_, mut session) = load_with(name, kernel);
         let (json, _) = reference(&fixture(name));
         for p in json["prompts"].as_array().unwrap() {
             let want = ids(&p["greedy"]);
@@ -175,7 +196,7 @@ fn greedy_continuations_match_transformers() {
 #[test]
 fn chat_template_renders_as_transformers() {
     for name in FIXTURES {
-        let (model, _) = load(name);
+        let (model, _) = load_with(name, Kernel::best());
         let (json, _) = reference(&fixture(name));
         let chat = &json["chat"];
         let messages: Vec<bit_ttt::ChatMessage> = chat["messages"]

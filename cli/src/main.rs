@@ -44,14 +44,23 @@ struct ModelArgs {
     /// Context length (0 = the model's maximum).
     #[arg(long, default_value_t = 0)]
     ctx: usize,
+    /// Ternary kernel (portable, avx2, avx512vnni); default: the fastest this CPU runs.
+    #[arg(long)]
+    kernel: Option<String>,
 }
 
 impl ModelArgs {
     fn load(&self) -> bit_ttt::Result<(Model, Session)> {
+        let kernel = self
+            .kernel
+            .as_deref()
+            .map(bit_ttt::kernels::Kernel::parse)
+            .transpose()?;
         let model = Model::load(
             &self.model,
             &ModelParams {
                 n_threads: self.threads,
+                kernel,
             },
         )?;
         let session = Session::new(
@@ -289,6 +298,7 @@ fn info(a: &InfoArgs) -> bit_ttt::Result<()> {
                 "n_params": i.n_params, "n_ternary_params": i.n_ternary_params,
                 "weight_bytes": i.weight_bytes, "fp16_bytes": i.fp16_bytes,
                 "threads": model.n_threads(),
+                "kernel": model.kernel().name(),
             })
         );
         return Ok(());
@@ -316,6 +326,7 @@ fn info(a: &InfoArgs) -> bit_ttt::Result<()> {
         saved * 100.0
     );
     println!("threads      {}", model.n_threads());
+    println!("kernel       {}", model.kernel().name());
     Ok(())
 }
 

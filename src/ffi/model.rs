@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use super::boundary::{call, handle, out_struct, params, write_out};
 use super::status::*;
-use super::strings::{bytes_in, path_in, slice_in, str_in};
+use super::strings::{bit_ttt_string, bytes_in, path_in, slice_in, str_in, string_in};
+use crate::kernels::Kernel;
 use crate::{Model, ModelParams};
 
 /// A loaded model: immutable, usable from any thread, shared by sessions. Reference counted:
@@ -23,6 +24,9 @@ pub struct bit_ttt_model_params {
     pub struct_size: u32,
     /// Worker threads; 0 = one per core.
     pub n_threads: u32,
+    /// Ternary kernel by name ("portable", "avx2", "avx512vnni"); empty = the BIT_TTT_KERNEL
+    /// environment variable if set, else the fastest this CPU runs.
+    pub kernel: bit_ttt_string,
 }
 
 impl bit_ttt_model_params {
@@ -30,12 +34,23 @@ impl bit_ttt_model_params {
         Self {
             struct_size: std::mem::size_of::<Self>() as u32,
             n_threads: 0,
+            kernel: bit_ttt_string {
+                ptr: std::ptr::null(),
+                len: 0,
+            },
         }
     }
-    fn into_rust(self) -> ModelParams {
-        ModelParams {
+    fn into_rust(self) -> FfiResult<ModelParams> {
+        let name = string_in(&self.kernel, "kernel")?;
+        let kernel = if name.is_empty() {
+            None
+        } else {
+            Some(Kernel::parse(&name)?)
+        };
+        Ok(ModelParams {
             n_threads: self.n_threads as usize,
-        }
+            kernel,
+        })
     }
 }
 
@@ -122,7 +137,7 @@ pub extern "C" fn bit_ttt_model_load(
             "bit_ttt_model_params",
             bit_ttt_model_params::defaults,
         )?;
-        boxed(Model::load(path, &p.into_rust())?, out_model)
+        boxed(Model::load(path, &p.into_rust()?)?, out_model)
     })
 }
 
@@ -150,7 +165,7 @@ pub extern "C" fn bit_ttt_model_load_memory(
             "bit_ttt_model_params",
             bit_ttt_model_params::defaults,
         )?;
-        boxed(Model::load_memory(map, &p.into_rust())?, out_model)
+        boxed(Model::load_memory(map, &p.into_rust()?)?, out_model)
     })
 }
 

@@ -245,7 +245,14 @@ mod tests {
     fn shared_session() -> SessionShared {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/bitnet_packed_auto");
-        let model = Model::load(dir, &ModelParams { n_threads: 1 }).unwrap();
+        let model = Model::load(
+            dir,
+            &ModelParams {
+                n_threads: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let session = Session::new(&model, &SessionParams::default()).unwrap();
         SessionShared {
             cancel: session.cancel_handle(),

@@ -1,11 +1,130 @@
-//! CPU compute. `scalar` is the reference implementation (the oracle): every faster kernel must
-//! produce the same int32 accumulators bit for bit.
+//! CPU compute. `scalar` holds the reference implementation (the oracle) over the Hugging Face
+//! layout; `packed` the layout the fast kernels read and the portable kernel over it; `x86`
+//! the AVX2 and AVX-512 VNNI kernels. Every kernel must produce the oracle's int32 accumulators
+//! bit for bit. The kernel is chosen once per model at load, by CPU detection, the model
+//! params, or the BIT_TTT_KERNEL environment variable.
 
+pub mod packed;
 pub mod scalar;
+#[cfg(target_arch = "x86_64")]
+pub mod x86;
 
-/// Name of the ternary kernel in use.
-pub fn kernel_name() -> &'static str {
-    "scalar"
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use packed::{PackedTernary, QuantizedRows};
+
+/// A ternary matrix-product implementation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// Plain Rust over the packed layout: any CPU.
+    Portable,
+    /// x86-64 AVX2.
+    Avx2,
+    /// x86-64 AVX-512 with VNNI.
+    Avx512Vnni,
+}
+
+impl Kernel {
+    pub const ALL: [Kernel; 3] = [Kernel::Portable, Kernel::Avx2, Kernel::Avx512Vnni];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Portable => "portable",
+            Kernel::Avx2 => "avx2",
+            Kernel::Avx512Vnni => "avx512vnni",
+        }
+    }
+
+    pub fn parse(name: &str) -> Result<Kernel> {
+        Kernel::ALL
+            .into_iter()
+            .find(|k| k.name() == name.trim())
+            .ok_or_else(|| {
+                Error::invalid_argument(format!(
+                    "unknown kernel `{name}` (known: {})",
+                    Kernel::ALL.map(Kernel::name).join(", ")
+                ))
+            })
+    }
+
+    /// Whether this CPU can run the kernel.
+    pub fn is_supported(self) -> bool {
+        match self {
+            Kernel::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni => {
+                std::arch::is_x86_feature_detected!("avx512vnni")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            Kernel::Avx2 | Kernel::Avx512Vnni => false,
+        }
+    }
+
+    /// The kernels this CPU can run, slowest first.
+    pub fn available() -> Vec<Kernel> {
+        Kernel::ALL
+            .into_iter()
+            .filter(|k| k.is_supported())
+            .collect()
+    }
+
+    /// The fastest kernel this CPU can run.
+    pub fn best() -> Kernel {
+        *Kernel::available()
+            .last()
+            .expect("the portable kernel always runs")
+    }
+
+    /// The kernel for a new model: `requested`, else BIT_TTT_KERNEL, else the best. A kernel
+    /// the CPU cannot run is an error, not a crash.
+    pub fn select(requested: Option<Kernel>) -> Result<Kernel> {
+        let k = match (requested, std::env::var("BIT_TTT_KERNEL")) {
+            (Some(k), _) => k,
+            (None, Ok(name)) if !name.is_empty() => Kernel::parse(&name)?,
+            _ => Kernel::best(),
+        };
+        if !k.is_supported() {
+            return Err(Error::unsupported(format!(
+                "kernel `{}` is not supported by this CPU",
+                k.name()
+            )));
+        }
+        Ok(k)
+    }
+
+    /// One task's rows: `acc` is row-major `[rows][n_tok]` for rows `r0..`.
+    fn run(self, w: &PackedTernary, x: &QuantizedRows, r0: usize, acc: &mut [i32]) {
+        match self {
+            Kernel::Portable => packed::gemm_portable(w, x, r0, acc),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => x86::gemm_avx2(w, x, r0, acc),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni => x86::gemm_avx512_vnni(w, x, r0, acc),
+            #[cfg(not(target_arch = "x86_64"))]
+            Kernel::Avx2 | Kernel::Avx512Vnni => {
+                unreachable!("select() refuses unsupported kernels")
+            }
+        }
+    }
+
+    /// `acc[r][t] = Σ_c T[r][c] · q[t][c]` (row-major `[rows][n_tok]`), rows split across the
+    /// current rayon pool.
+    pub fn ternary_gemm(self, w: &PackedTernary, x: &QuantizedRows, acc: &mut [i32]) {
+        assert_eq!(acc.len(), w.rows * x.n_tok, "ternary_gemm: output size");
+        assert_eq!(
+            x.cols_padded, w.cols_padded,
+            "ternary_gemm: activation width"
+        );
+        // Enough rows per task to amortise scheduling, enough tasks to balance the threads.
+        let per_task = (w.rows / (4 * rayon::current_num_threads())).clamp(16, 256);
+        acc.par_chunks_mut(per_task * x.n_tok)
+            .enumerate()
+            .for_each(|(i, chunk)| self.run(w, x, i * per_task, chunk));
+    }
 }
 
 /// SIMD features of this CPU that matter to the kernels.
@@ -38,14 +157,21 @@ pub fn cpu_features() -> Vec<&'static str> {
     f
 }
 
-/// One line per fact: library version, CPU features, kernel chosen.
+/// One line per fact: library version, CPU features, kernels available and the default.
 pub fn system_info() -> String {
+    let default =
+        Kernel::select(None).map_or_else(|e| format!("error: {e}"), |k| k.name().to_string());
     format!(
-        "bit_ttt {}\narch: {}\ncpu features: {}\nternary kernel: {}\nthreads available: {}\ncuda: not built\n",
+        "bit_ttt {}\narch: {}\ncpu features: {}\nternary kernels: {}\nternary kernel: {}\nthreads available: {}\ncuda: not built\n",
         env!("CARGO_PKG_VERSION"),
         std::env::consts::ARCH,
         cpu_features().join(" "),
-        kernel_name(),
+        Kernel::available()
+            .iter()
+            .map(|k| k.name())
+            .collect::<Vec<_>>()
+            .join(" "),
+        default,
         std::thread::available_parallelism().map_or(1, |n| n.get()),
     )
 }

@@ -10,6 +10,7 @@ use super::source::Source;
 use super::weight_files;
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::kernels::packed::BLOCK;
 use crate::quant;
 
 /// Bytes a model and one session of it will take.
@@ -111,16 +112,21 @@ pub fn estimate(src: &Source, n_ctx: usize, n_batch: usize) -> Result<MemoryEsti
             })?;
             let numel: u64 = t.shape.iter().map(|&d| d as u64).product();
             let is_projection = name.starts_with("model.layers.") && name.ends_with("_proj.weight");
-            let bytes = if is_projection && size > 1 && t.shape.len() == 2 {
-                // Float ternary or latent weights are packed to 2 bits at load.
-                (quant::packed_rows(t.shape[0]) * t.shape[1]) as u64
+            let bytes = if is_projection && t.shape.len() == 2 {
+                // Ternary weights are repacked to 2 bits in whole blocks of columns.
+                let rows = if size == 1 {
+                    t.shape[0] * quant::VALUES_PER_BYTE
+                } else {
+                    t.shape[0]
+                };
+                (rows * t.shape[1].div_ceil(BLOCK) * (BLOCK / 4)) as u64
             } else if t.shape.len() == 1 && size < 4 {
                 numel * 4 // norms are held in f32
             } else {
                 numel * size
             };
             weights += bytes;
-            if bytes == numel * size && matches!(src, Source::Dir(_)) {
+            if !is_projection && bytes == numel * size && matches!(src, Source::Dir(_)) {
                 mapped += bytes;
             }
         }

@@ -10,10 +10,10 @@ use std::collections::BTreeSet;
 
 use crate::config::{Config, Family, LinearClass, QuantMode};
 use crate::error::{Error, Result};
+use crate::kernels::packed::PackedTernary;
 use crate::model::linear::{FloatMatrix, Linear, TernaryMatrix};
 use crate::model::{LayerWeights, Weights};
 use crate::quant;
-use bytes::Bytes;
 use safetensors::{DType, Tensor, TensorStore};
 pub use source::Source;
 
@@ -171,11 +171,10 @@ fn load_linear(
     if kept_in_float(cfg, module) {
         return Ok(Linear::Dense(float_matrix(t, rows, cols)?));
     }
-    let ternary = |packed: Bytes, gamma: f32| {
+    // Every encoding is brought to the HF packed layout, then repacked for the kernels.
+    let ternary = |hf: &[u8], gamma: f32| {
         Linear::Ternary(TernaryMatrix {
-            rows,
-            cols,
-            packed,
+            packed: PackedTernary::from_hf(hf, rows, cols),
             gamma,
         })
     };
@@ -185,7 +184,7 @@ fn load_linear(
             if let Some((i, b)) = t.data.iter().enumerate().find(|(_, b)| (0..4).any(|k| (*b >> (2 * k)) & 3 == 3)) {
                 return Err(t.error(format!("byte {i} (0x{b:02x}) holds the invalid 2-bit code 3")));
             }
-            Ok(ternary(t.data.clone(), gamma_from_scale(store, module, cfg.linear_class)?))
+            Ok(ternary(&t.data, gamma_from_scale(store, module, cfg.linear_class)?))
         }
         (DType::U8 | DType::I8, QuantMode::Online) => Err(t.error(
             "packed ternary weights, but quantization_mode is `online` (which expects latent float weights)",
@@ -205,7 +204,7 @@ fn load_linear(
                 tern.push(v as i8);
             }
             let packed = quant::pack_ternary(&tern, rows, cols);
-            Ok(ternary(Bytes::owned(packed), gamma_from_scale(store, module, cfg.linear_class)?))
+            Ok(ternary(&packed, gamma_from_scale(store, module, cfg.linear_class)?))
         }
         (_, QuantMode::Online) => {
             t.expect_shape(&[rows, cols])?;
@@ -214,7 +213,7 @@ fn load_linear(
                 return Err(t.error(format!("holds the non-finite value {v}")));
             }
             let (tern, gamma) = quant::absmean_ternarize(&values);
-            Ok(ternary(Bytes::owned(quant::pack_ternary(&tern, rows, cols)), gamma))
+            Ok(ternary(&quant::pack_ternary(&tern, rows, cols), gamma))
         }
     }
 }

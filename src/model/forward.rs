@@ -7,18 +7,13 @@ use super::linear::{Activations, Linear};
 use super::rope::Rope;
 use crate::config::Activation;
 use crate::error::{Error, Result};
-use crate::kernels::scalar;
+use crate::kernels::{Kernel, scalar};
 
 /// The model with the tables its forward pass needs.
 pub struct Transformer {
     pub weights: Weights,
     rope: Rope,
-}
-
-fn linear_out(l: &Linear, input: &Activations) -> Vec<f32> {
-    let mut out = vec![0.0; input.n_tok * l.rows()];
-    l.forward(input, &mut out);
-    out
+    kernel: Kernel,
 }
 
 fn norm_rows(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
@@ -30,9 +25,24 @@ fn norm_rows(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
 }
 
 impl Transformer {
-    pub fn new(weights: Weights) -> Self {
+    pub fn new(weights: Weights, kernel: Kernel) -> Self {
         let rope = Rope::new(&weights.config);
-        Self { weights, rope }
+        Self {
+            weights,
+            rope,
+            kernel,
+        }
+    }
+
+    /// The ternary kernel this model computes with.
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
+    }
+
+    fn linear(&self, l: &Linear, input: &Activations) -> Vec<f32> {
+        let mut out = vec![0.0; input.n_tok * l.rows()];
+        l.forward(input, &mut out, self.kernel);
+        out
     }
 
     /// Runs `tokens` at positions `cache.len()..`, appends their keys and values to the cache
@@ -69,9 +79,9 @@ impl Transformer {
             // Attention.
             let h = norm_rows(&x, &layer.input_norm, cfg.rms_norm_eps);
             let h_in = Activations::new(&h, n);
-            let mut q = linear_out(&layer.q, &h_in);
-            let mut k = linear_out(&layer.k, &h_in);
-            let v = linear_out(&layer.v, &h_in);
+            let mut q = self.linear(&layer.q, &h_in);
+            let mut k = self.linear(&layer.k, &h_in);
+            let v = self.linear(&layer.v, &h_in);
             self.apply_rope(&mut q, &mut k, cache.len());
             cache.k[li].extend_from_slice(&k);
             cache.v[li].extend_from_slice(&v);
@@ -79,14 +89,14 @@ impl Transformer {
             if let Some(w) = &layer.attn_sub_norm {
                 a = norm_rows(&a, w, cfg.rms_norm_eps);
             }
-            let o = linear_out(&layer.o, &Activations::new(&a, n));
+            let o = self.linear(&layer.o, &Activations::new(&a, n));
             x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
 
             // Feed-forward.
             let h2 = norm_rows(&x, &layer.post_attention_norm, cfg.rms_norm_eps);
             let h2_in = Activations::new(&h2, n);
-            let gate = linear_out(&layer.gate, &h2_in);
-            let up = linear_out(&layer.up, &h2_in);
+            let gate = self.linear(&layer.gate, &h2_in);
+            let up = self.linear(&layer.up, &h2_in);
             let mut m: Vec<f32> = gate
                 .iter()
                 .zip(&up)
@@ -101,7 +111,7 @@ impl Transformer {
             if let Some(w) = &layer.ffn_sub_norm {
                 m = norm_rows(&m, w, cfg.rms_norm_eps);
             }
-            let d = linear_out(&layer.down, &Activations::new(&m, n));
+            let d = self.linear(&layer.down, &Activations::new(&m, n));
             x.iter_mut().zip(&d).for_each(|(x, d)| *x += d);
         }
         cache.advance(n);

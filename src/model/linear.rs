@@ -3,10 +3,10 @@
 
 use std::cell::OnceCell;
 
-use crate::kernels::scalar;
+use crate::kernels::packed::{PackedTernary, QuantizedRows};
+use crate::kernels::{Kernel, scalar};
 use crate::loader::bytes::Bytes;
 use crate::loader::safetensors::DType;
-use crate::quant;
 
 /// A dense `[rows, cols]` matrix stored as f32, f16 or bf16 bytes (often memory-mapped).
 #[derive(Debug, Clone)]
@@ -47,12 +47,10 @@ impl FloatMatrix {
     }
 }
 
-/// A ternary matrix in the Hugging Face packed layout with its per-tensor scale γ.
+/// A ternary matrix in the kernels' layout with its per-tensor scale γ.
 #[derive(Debug, Clone)]
 pub struct TernaryMatrix {
-    pub rows: usize,
-    pub cols: usize,
-    pub packed: Bytes,
+    pub packed: PackedTernary,
     /// Output = acc · γ / s; `weight_scale` already turned into γ by the loader.
     pub gamma: f32,
 }
@@ -70,7 +68,7 @@ pub struct Activations<'a> {
     pub x: &'a [f32],
     pub n_tok: usize,
     pub cols: usize,
-    quantized: OnceCell<(Vec<i8>, Vec<f32>)>,
+    quantized: OnceCell<QuantizedRows>,
 }
 
 impl<'a> Activations<'a> {
@@ -84,58 +82,47 @@ impl<'a> Activations<'a> {
         }
     }
 
-    /// Per-token int8 values and scales s.
-    pub fn quantized(&self) -> &(Vec<i8>, Vec<f32>) {
-        self.quantized.get_or_init(|| {
-            let mut q = vec![0i8; self.x.len()];
-            let s = self
-                .x
-                .chunks_exact(self.cols)
-                .zip(q.chunks_exact_mut(self.cols))
-                .map(|(x, q)| quant::quantize_activations(x, q))
-                .collect();
-            (q, s)
-        })
+    /// Per-token int8 values (padded for the kernels), their sums and scales s.
+    pub fn quantized(&self) -> &QuantizedRows {
+        self.quantized
+            .get_or_init(|| QuantizedRows::new(self.x, self.n_tok))
     }
 }
 
 impl Linear {
     pub fn rows(&self) -> usize {
         match self {
-            Linear::Ternary(t) => t.rows,
+            Linear::Ternary(t) => t.packed.rows,
             Linear::Dense(d) => d.rows,
         }
     }
     pub fn cols(&self) -> usize {
         match self {
-            Linear::Ternary(t) => t.cols,
+            Linear::Ternary(t) => t.packed.cols,
             Linear::Dense(d) => d.cols,
         }
     }
     /// Bytes of weights as held in memory.
     pub fn bytes(&self) -> usize {
         match self {
-            Linear::Ternary(t) => t.packed.len() + 4,
+            Linear::Ternary(t) => t.packed.data.len() + 4,
             Linear::Dense(d) => d.bytes(),
         }
     }
 
     /// `out[t] = W · x[t]` for every input row; `out` is `[n_tok, rows]`.
-    pub fn forward(&self, input: &Activations, out: &mut [f32]) {
+    pub fn forward(&self, input: &Activations, out: &mut [f32], kernel: Kernel) {
         assert_eq!(input.cols, self.cols(), "linear input width");
         match self {
             Linear::Ternary(w) => {
-                let (q, s) = input.quantized();
-                let mut acc = vec![0i32; input.n_tok * w.rows];
-                scalar::ternary_gemm(&w.packed, w.rows, w.cols, q, input.n_tok, &mut acc);
-                for ((o_row, a_row), &s_t) in out
-                    .chunks_exact_mut(w.rows)
-                    .zip(acc.chunks_exact(w.rows))
-                    .zip(s)
-                {
-                    let scale = w.gamma / s_t;
-                    for (o, &a) in o_row.iter_mut().zip(a_row) {
-                        *o = a as f32 * scale;
+                let x = input.quantized();
+                let (rows, n_tok) = (w.packed.rows, input.n_tok);
+                let mut acc = vec![0i32; n_tok * rows];
+                kernel.ternary_gemm(&w.packed, x, &mut acc);
+                for (t, o_row) in out.chunks_exact_mut(rows).enumerate() {
+                    let scale = w.gamma / x.scales[t];
+                    for (r, o) in o_row.iter_mut().enumerate() {
+                        *o = acc[r * n_tok + t] as f32 * scale;
                     }
                 }
             }
@@ -163,13 +150,11 @@ mod tests {
         // q = [127, 0, 2, -2, 3]
         let t: [i8; 10] = [1, 1, 1, 1, 1, -1, 0, 1, -1, 1];
         let w = Linear::Ternary(TernaryMatrix {
-            rows: 2,
-            cols: 5,
-            packed: Bytes::owned(quant::pack_ternary(&t, 2, 5)),
+            packed: PackedTernary::from_hf(&crate::quant::pack_ternary(&t, 2, 5), 2, 5),
             gamma: 0.75,
         });
         let mut out = [0.0f32; 2];
-        w.forward(&Activations::new(&x, 1), &mut out);
+        w.forward(&Activations::new(&x, 1), &mut out, Kernel::Portable);
         let acc0 = 127 + 2 - 2 + 3;
         let acc1 = -127 + 2 + 2 + 3;
         assert_eq!(out, [acc0 as f32 * 0.75, acc1 as f32 * 0.75]);
@@ -177,7 +162,7 @@ mod tests {
         // Two tokens share the weights but not the scale: s = 127 / 2 for the second.
         let x2 = [127.0f32, 0.5, 2.5, -1.5, 3.49, 2.0, 1.0, 0.0, -1.0, -2.0];
         let mut out2 = [0.0f32; 4];
-        w.forward(&Activations::new(&x2, 2), &mut out2);
+        w.forward(&Activations::new(&x2, 2), &mut out2, Kernel::best());
         let s = 127.0f32 / 2.0;
         // q = round([127, 63.5, 0, -63.5, -127]) = [127, 64, 0, -64, -127]
         let acc = [127 + 64 - 64 - 127, -127 + 64 - 127];

@@ -1,0 +1,147 @@
+//! The ternary weight layout every fast kernel reads, and the portable kernel over it.
+//!
+//! Each row is stored as blocks of 256 weights in 64 bytes: byte j of a block holds, in bits
+//! 2k..2k+1, the code (value + 1, so 0..=2) of column 64·k + j of that block. A 64-byte load
+//! then gives, after a shift and a mask, the codes of 64 consecutive columns, lined up with 64
+//! consecutive int8 activations: one AVX-512 register, two AVX2 halves, four NEON quarters.
+//! Rows are padded to whole blocks with zero weights; activations are padded with zeros.
+//!
+//! Codes are unsigned, so a kernel computes Σ code·q and subtracts Σ q (computed once per
+//! token): Σ (t+1)·q − Σ q = Σ t·q, exactly.
+
+use crate::quant;
+
+/// Weights per block.
+pub const BLOCK: usize = 256;
+/// Bytes per block (2 bits per weight).
+pub const BLOCK_BYTES: usize = BLOCK / 4;
+
+/// A ternary matrix in the kernel layout.
+#[derive(Debug, Clone)]
+pub struct PackedTernary {
+    pub rows: usize,
+    pub cols: usize,
+    /// Columns rounded up to whole blocks.
+    pub cols_padded: usize,
+    pub data: Vec<u8>,
+}
+
+impl PackedTernary {
+    pub fn row_bytes(&self) -> usize {
+        self.cols_padded / 4
+    }
+
+    /// Repacks from the Hugging Face layout (see `quant::pack_ternary`).
+    pub fn from_hf(hf: &[u8], rows: usize, cols: usize) -> Self {
+        let slab = quant::packed_rows(rows);
+        let cols_padded = cols.div_ceil(BLOCK) * BLOCK;
+        let row_bytes = cols_padded / 4;
+        // Code 1 (weight 0) everywhere, so padding columns are zero weights.
+        let mut data = vec![0b0101_0101u8; rows * row_bytes];
+        for (r, row) in data.chunks_exact_mut(row_bytes).enumerate() {
+            let (src, shift) = (
+                &hf[(r % slab) * cols..(r % slab + 1) * cols],
+                2 * (r / slab),
+            );
+            for (c, &byte) in src.iter().enumerate() {
+                let code = (byte >> shift) & 3;
+                let (b, within) = (c / BLOCK, c % BLOCK);
+                let (k, j) = (within / 64, within % 64);
+                let at = &mut row[b * BLOCK_BYTES + j];
+                *at = (*at & !(3 << (2 * k))) | (code << (2 * k));
+            }
+        }
+        Self {
+            rows,
+            cols,
+            cols_padded,
+            data,
+        }
+    }
+}
+
+/// Int8 activations of `n_tok` tokens, each padded with zeros to `cols_padded`, with the sum of
+/// each token's values (for the code offset) and its scale s.
+#[derive(Debug, Clone, Default)]
+pub struct QuantizedRows {
+    pub n_tok: usize,
+    pub cols: usize,
+    pub cols_padded: usize,
+    pub q: Vec<i8>,
+    pub sums: Vec<i32>,
+    pub scales: Vec<f32>,
+}
+
+impl QuantizedRows {
+    /// Quantises each row of `x` (`n_tok` rows of `cols`) per token.
+    pub fn new(x: &[f32], n_tok: usize) -> Self {
+        let cols = x.len() / n_tok;
+        let cols_padded = cols.div_ceil(BLOCK) * BLOCK;
+        let mut q = vec![0i8; n_tok * cols_padded];
+        let mut sums = Vec::with_capacity(n_tok);
+        let mut scales = Vec::with_capacity(n_tok);
+        for (xr, qr) in x.chunks_exact(cols).zip(q.chunks_exact_mut(cols_padded)) {
+            scales.push(quant::quantize_activations(xr, &mut qr[..cols]));
+            sums.push(qr.iter().map(|&v| i32::from(v)).sum());
+        }
+        Self {
+            n_tok,
+            cols,
+            cols_padded,
+            q,
+            sums,
+            scales,
+        }
+    }
+
+    /// Rows of int8 values given directly (scales 1): for testing kernels on chosen values.
+    pub fn from_int8(q: &[i8], n_tok: usize) -> Self {
+        let cols = q.len() / n_tok;
+        let cols_padded = cols.div_ceil(BLOCK) * BLOCK;
+        let mut padded = vec![0i8; n_tok * cols_padded];
+        for (src, dst) in q
+            .chunks_exact(cols)
+            .zip(padded.chunks_exact_mut(cols_padded))
+        {
+            dst[..cols].copy_from_slice(src);
+        }
+        let sums = q
+            .chunks_exact(cols)
+            .map(|r| r.iter().map(|&v| i32::from(v)).sum())
+            .collect();
+        Self {
+            n_tok,
+            cols,
+            cols_padded,
+            q: padded,
+            sums,
+            scales: vec![1.0; n_tok],
+        }
+    }
+
+    pub fn token(&self, t: usize) -> &[i8] {
+        &self.q[t * self.cols_padded..(t + 1) * self.cols_padded]
+    }
+}
+
+/// The portable kernel: plain loops over the kernel layout. `acc` is row-major
+/// `[rows of this call][n_tok]`, for rows `r0..r0 + acc.len() / n_tok`.
+pub fn gemm_portable(w: &PackedTernary, x: &QuantizedRows, r0: usize, acc: &mut [i32]) {
+    let rb = w.row_bytes();
+    for (i, out) in acc.chunks_exact_mut(x.n_tok).enumerate() {
+        let row = &w.data[(r0 + i) * rb..(r0 + i + 1) * rb];
+        for (t, o) in out.iter_mut().enumerate() {
+            let q = x.token(t);
+            let mut sum = 0i32;
+            for (b, block) in row.chunks_exact(BLOCK_BYTES).enumerate() {
+                let qb = &q[b * BLOCK..(b + 1) * BLOCK];
+                for (j, &byte) in block.iter().enumerate() {
+                    for k in 0..4 {
+                        sum += i32::from((byte >> (2 * k)) & 3) * i32::from(qb[64 * k + j]);
+                    }
+                }
+            }
+            *o = sum - x.sums[t];
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! x86-64 ternary kernels over the layout of `packed`: AVX2 (`vpmaddubsw` + `vpmaddwd`) and
+//! AVX-512 VNNI (`vpdpbusd`). Both compute exactly what `packed::gemm_portable` computes.
+//! Up to four tokens share each weight load (prefill); decode is the one-token case.
+
+use std::arch::x86_64::*;
+
+use super::packed::{BLOCK, BLOCK_BYTES, PackedTernary, QuantizedRows};
+
+/// Runs `row_fn` for each row of `acc` (row-major `[rows][n_tok]`), four tokens at a time.
+#[inline(always)]
+fn for_rows(
+    w: &PackedTernary,
+    x: &QuantizedRows,
+    r0: usize,
+    acc: &mut [i32],
+    mut row4: impl FnMut(*const u8, [*const i8; 4]) -> [i32; 4],
+    mut row1: impl FnMut(*const u8, [*const i8; 1]) -> [i32; 1],
+) {
+    let rb = w.row_bytes();
+    for (i, out) in acc.chunks_exact_mut(x.n_tok).enumerate() {
+        let row = w.data[(r0 + i) * rb..(r0 + i + 1) * rb].as_ptr();
+        let mut t = 0;
+        while t + 4 <= x.n_tok {
+            let q = [0, 1, 2, 3].map(|k| x.token(t + k).as_ptr());
+            let s = row4(row, q);
+            for k in 0..4 {
+                out[t + k] = s[k] - x.sums[t + k];
+            }
+            t += 4;
+        }
+        while t < x.n_tok {
+            out[t] = row1(row, [x.token(t).as_ptr()])[0] - x.sums[t];
+            t += 1;
+        }
+    }
+}
+
+/// Σ code·q over one row for N tokens with AVX2.
+///
+/// # Safety
+/// The CPU supports AVX2; `row` points to `blocks * 64` bytes and each `q[t]` to
+/// `blocks * 256` int8 values.
+#[target_feature(enable = "avx2")]
+unsafe fn row_avx2<const N: usize>(row: *const u8, q: [*const i8; N], blocks: usize) -> [i32; N] {
+    let mask = _mm256_set1_epi8(3);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_si256(); N];
+    for b in 0..blocks {
+        for h in 0..2 {
+            // SAFETY: within the row's `blocks * 64` bytes (caller's contract).
+            let wv = unsafe { _mm256_loadu_si256(row.add(b * BLOCK_BYTES + h * 32).cast()) };
+            let c = [
+                _mm256_and_si256(wv, mask),
+                _mm256_and_si256(_mm256_srli_epi16::<2>(wv), mask),
+                _mm256_and_si256(_mm256_srli_epi16::<4>(wv), mask),
+                _mm256_and_si256(_mm256_srli_epi16::<6>(wv), mask),
+            ];
+            for t in 0..N {
+                // SAFETY: within the token's `blocks * 256` values (caller's contract).
+                let qp = unsafe { q[t].add(b * BLOCK + h * 32) };
+                // Codes ≤ 2 and |q| ≤ 128: each i16 lane sums 8 products, at most 2048 in size.
+                let mut p = _mm256_setzero_si256();
+                for (k, ck) in c.iter().enumerate() {
+                    // SAFETY: as above, columns 64·k + h·32 .. +32 of block b.
+                    let qv = unsafe { _mm256_loadu_si256(qp.add(64 * k).cast()) };
+                    p = _mm256_add_epi16(p, _mm256_maddubs_epi16(*ck, qv));
+                }
+                acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(p, ones));
+            }
+        }
+    }
+    acc.map(|a| {
+        let s = _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256::<1>(a));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+        _mm_cvtsi128_si32(s)
+    })
+}
+
+/// Σ code·q over one row for N tokens with AVX-512 VNNI.
+///
+/// # Safety
+/// The CPU supports AVX-512 F/BW and VNNI; pointers as for `row_avx2`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn row_vnni<const N: usize>(row: *const u8, q: [*const i8; N], blocks: usize) -> [i32; N] {
+    let mask = _mm512_set1_epi8(3);
+    let mut acc = [_mm512_setzero_si512(); N];
+    for b in 0..blocks {
+        // SAFETY: within the row's `blocks * 64` bytes (caller's contract).
+        let wv = unsafe { _mm512_loadu_si512(row.add(b * BLOCK_BYTES).cast()) };
+        let c = [
+            _mm512_and_si512(wv, mask),
+            _mm512_and_si512(_mm512_srli_epi16::<2>(wv), mask),
+            _mm512_and_si512(_mm512_srli_epi16::<4>(wv), mask),
+            _mm512_and_si512(_mm512_srli_epi16::<6>(wv), mask),
+        ];
+        for t in 0..N {
+            for (k, ck) in c.iter().enumerate() {
+                // SAFETY: columns 64·k .. +64 of block b, within the token's values.
+                let qv = unsafe { _mm512_loadu_si512(q[t].add(b * BLOCK + 64 * k).cast()) };
+                acc[t] = _mm512_dpbusd_epi32(acc[t], *ck, qv);
+            }
+        }
+    }
+    acc.map(|a| _mm512_reduce_add_epi32(a))
+}
+
+/// AVX2 kernel; same contract as `packed::gemm_portable`.
+pub fn gemm_avx2(w: &PackedTernary, x: &QuantizedRows, r0: usize, acc: &mut [i32]) {
+    assert!(
+        std::arch::is_x86_feature_detected!("avx2"),
+        "AVX2 kernel on a CPU without AVX2"
+    );
+    assert_eq!(x.cols_padded, w.cols_padded);
+    let blocks = w.cols_padded / BLOCK;
+    // SAFETY: AVX2 is present (checked above); rows and tokens have `blocks` whole blocks.
+    for_rows(
+        w,
+        x,
+        r0,
+        acc,
+        |r, q| unsafe { row_avx2::<4>(r, q, blocks) },
+        |r, q| unsafe { row_avx2::<1>(r, q, blocks) },
+    );
+}
+
+/// AVX-512 VNNI kernel; same contract as `packed::gemm_portable`.
+pub fn gemm_avx512_vnni(w: &PackedTernary, x: &QuantizedRows, r0: usize, acc: &mut [i32]) {
+    assert!(
+        std::arch::is_x86_feature_detected!("avx512vnni")
+            && std::arch::is_x86_feature_detected!("avx512bw"),
+        "AVX-512 VNNI kernel on a CPU without it"
+    );
+    assert_eq!(x.cols_padded, w.cols_padded);
+    let blocks = w.cols_padded / BLOCK;
+    // SAFETY: AVX-512 F/BW/VNNI are present (checked above); whole blocks as for AVX2.
+    for_rows(
+        w,
+        x,
+        r0,
+        acc,
+        |r, q| unsafe { row_vnni::<4>(r, q, blocks) },
+        |r, q| unsafe { row_vnni::<1>(r, q, blocks) },
+    );
+}

@@ -1,0 +1,108 @@
+//! Every ternary kernel this CPU runs equals the scalar oracle bit for bit on the int32
+//! accumulators: random shapes (sizes that are not multiples of any block), random and extreme
+//! activations, one token (decode) and several (prefill).
+
+use bit_ttt::kernels::Kernel;
+use bit_ttt::kernels::packed::{PackedTernary, QuantizedRows};
+use bit_ttt::kernels::scalar;
+use bit_ttt::quant::pack_ternary;
+use proptest::prelude::*;
+
+/// The oracle's accumulators, token-major, and each kernel's, checked equal.
+fn check_all_kernels(
+    t: &[i8],
+    rows: usize,
+    cols: usize,
+    q: &[i8],
+    n_tok: usize,
+) -> Result<(), TestCaseError> {
+    let hf = pack_ternary(t, rows, cols);
+    let mut want = vec![0i32; rows * n_tok];
+    scalar::ternary_gemm(&hf, rows, cols, q, n_tok, &mut want);
+    let packed = PackedTernary::from_hf(&hf, rows, cols);
+    let x = QuantizedRows::from_int8(q, n_tok);
+    for k in Kernel::available() {
+        let mut got = vec![0i32; rows * n_tok];
+        k.ternary_gemm(&packed, &x, &mut got);
+        for r in 0..rows {
+            for tok in 0..n_tok {
+                prop_assert_eq!(
+                    got[r * n_tok + tok],
+                    want[tok * rows + r],
+                    "kernel {} row {} token {}",
+                    k.name(),
+                    r,
+                    tok
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn ternary(len: usize) -> impl Strategy<Value = Vec<i8>> {
+    proptest::collection::vec(-1i8..=1, len)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_shapes_and_values((rows, cols, n_tok) in (1usize..70, 1usize..700, 1usize..7),
+                                seed in any::<u64>()) {
+        // Values from a seed: proptest shrinks the shape, the data follows.
+        let mut s = seed | 1;
+        let mut next = move || { s ^= s << 13; s ^= s >> 7; s ^= s << 17; s };
+        let t: Vec<i8> = (0..rows * cols).map(|_| (next() % 3) as i8 - 1).collect();
+        let q: Vec<i8> = (0..n_tok * cols).map(|_| next() as u8 as i8).collect();
+        check_all_kernels(&t, rows, cols, &q, n_tok)?;
+    }
+
+    #[test]
+    fn extreme_activations(rows in 1usize..20, cols in 1usize..1100, fill in prop::sample::select(vec![127i8, -128, -127, 0]),
+                           t in ternary(1)) {
+        let weights = vec![t[0]; rows * cols];
+        let q = vec![fill; 5 * cols];
+        check_all_kernels(&weights, rows, cols, &q, 5)?;
+        // And mixed-sign weights under the same extremes.
+        let mixed: Vec<i8> = (0..rows * cols).map(|i| (i % 3) as i8 - 1).collect();
+        check_all_kernels(&mixed, rows, cols, &q, 5)?;
+    }
+}
+
+#[test]
+fn model_sized_rows() {
+    // 2B4T widths: 2560 and 6912 columns (whole blocks), a decode and a prefill batch.
+    for cols in [2560usize, 6912] {
+        let rows = 37;
+        let t: Vec<i8> = (0..rows * cols)
+            .map(|i| ((i * 7919) % 3) as i8 - 1)
+            .collect();
+        for n_tok in [1usize, 9] {
+            let q: Vec<i8> = (0..n_tok * cols)
+                .map(|i| ((i * 31 + 7) % 256) as u8 as i8)
+                .collect();
+            check_all_kernels(&t, rows, cols, &q, n_tok).unwrap();
+        }
+    }
+}
+
+#[test]
+fn kernels_are_detected_and_named() {
+    let avail = Kernel::available();
+    assert_eq!(avail[0], Kernel::Portable);
+    assert!(avail.contains(&Kernel::best()));
+    for k in Kernel::ALL {
+        assert_eq!(Kernel::parse(k.name()).unwrap(), k);
+    }
+    assert!(
+        Kernel::parse("sse9")
+            .unwrap_err()
+            .message()
+            .contains("sse9")
+    );
+    println!(
+        "kernels on this CPU: {:?}",
+        avail.iter().map(|k| k.name()).collect::<Vec<_>>()
+    );
+}

@@ -101,6 +101,9 @@ struct SamplingArgs {
     /// Stop before this string (repeatable).
     #[arg(long)]
     stop: Vec<String>,
+    /// Keep generating past the model's end-of-text tokens.
+    #[arg(long)]
+    ignore_eos: bool,
 }
 
 impl SamplingArgs {
@@ -119,6 +122,7 @@ impl SamplingArgs {
             },
             max_tokens: self.max_tokens,
             stop: self.stop.clone(),
+            ignore_eos: self.ignore_eos,
             ..GenerateParams::default()
         }
     }

@@ -31,6 +31,8 @@ enum Command {
     Score(ScoreArgs),
     /// Architecture, parameter counts and memory of a model.
     Info(InfoArgs),
+    /// Prefill and decode speed, load time and peak memory, per thread count.
+    Bench(BenchArgs),
 }
 
 #[derive(Args)]
@@ -164,6 +166,27 @@ struct ScoreArgs {
     #[arg(long)]
     text_file: PathBuf,
     /// Print one JSON line: {"tokens", "nll_sum", "nll_mean", "perplexity"}.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Hugging Face model folder.
+    #[arg(long, short)]
+    model: PathBuf,
+    /// Thread counts to measure, e.g. 1,2.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    threads: Vec<usize>,
+    #[arg(long, default_value_t = 512)]
+    prompt_tokens: usize,
+    #[arg(long, default_value_t = 128)]
+    gen_tokens: usize,
+    /// Ternary kernel (default: the fastest this CPU runs).
+    #[arg(long)]
+    kernel: Option<String>,
+    /// One JSON line per thread count: {"threads", "kernel", "prefill_tok_s", "decode_tok_s",
+    /// "load_s", "peak_rss_bytes"}.
     #[arg(long)]
     json: bool,
 }
@@ -334,6 +357,91 @@ fn info(a: &InfoArgs) -> bit_ttt::Result<()> {
     Ok(())
 }
 
+/// Peak resident set size of this process so far (Linux: VmHWM), in bytes.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn bench(a: &BenchArgs) -> bit_ttt::Result<()> {
+    let kernel = a
+        .kernel
+        .as_deref()
+        .map(bit_ttt::kernels::Kernel::parse)
+        .transpose()?;
+    if a.prompt_tokens == 0 || a.gen_tokens < 2 {
+        return Err(bit_ttt::Error::invalid_argument(
+            "--prompt-tokens must be >= 1 and --gen-tokens >= 2",
+        ));
+    }
+    if !a.json {
+        println!(
+            "{:>7}  {:<11} {:>13} {:>12} {:>8} {:>14}",
+            "threads", "kernel", "prefill tok/s", "decode tok/s", "load s", "peak RSS"
+        );
+    }
+    for &threads in &a.threads {
+        let start = std::time::Instant::now();
+        let model = Model::load(
+            &a.model,
+            &ModelParams {
+                n_threads: threads,
+                kernel,
+            },
+        )?;
+        let load_s = start.elapsed().as_secs_f64();
+        let n_ctx = a.prompt_tokens + a.gen_tokens + 1;
+        let mut session = Session::new(
+            &model,
+            &SessionParams {
+                n_ctx,
+                ..Default::default()
+            },
+        )?;
+        // A fixed pseudo-random prompt of ordinary (non-special) token ids.
+        let vocab = model.config().vocab_size.min(100_000) as u64;
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let prompt: Vec<u32> = (0..a.prompt_tokens)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x % vocab) as u32
+            })
+            .collect();
+        let params = GenerateParams {
+            sampling: SamplingParams::greedy(),
+            max_tokens: a.gen_tokens,
+            ignore_eos: true,
+            ..Default::default()
+        };
+        let r = session.generate_tokens(&prompt, &params, |_| true)?;
+        let prefill = a.prompt_tokens as f64 / r.prefill_seconds;
+        let decode = (r.tokens.len() - 1) as f64 / r.decode_seconds;
+        let rss = peak_rss_bytes().unwrap_or(0);
+        if a.json {
+            println!(
+                "{}",
+                json!({"threads": model.n_threads(), "kernel": model.kernel().name(), "prefill_tok_s": prefill,
+                       "decode_tok_s": decode, "load_s": load_s, "peak_rss_bytes": rss})
+            );
+        } else {
+            println!(
+                "{:>7}  {:<11} {:>13.1} {:>12.1} {:>8.2} {:>14}",
+                model.n_threads(),
+                model.kernel().name(),
+                prefill,
+                decode,
+                load_s,
+                human(rss)
+            );
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match &cli.command {
@@ -341,6 +449,7 @@ fn main() -> ExitCode {
         Command::Chat(a) => chat(a),
         Command::Score(a) => score(a),
         Command::Info(a) => info(a),
+        Command::Bench(a) => bench(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

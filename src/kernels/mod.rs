@@ -4,6 +4,7 @@
 //! bit for bit. The kernel is chosen once per model at load, by CPU detection, the model
 //! params, or the BIT_TTT_KERNEL environment variable.
 
+pub mod dense;
 pub mod packed;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]

@@ -9,6 +9,8 @@
 //! Codes are unsigned, so a kernel computes Σ code·q and subtracts Σ q (computed once per
 //! token): Σ (t+1)·q − Σ q = Σ t·q, exactly.
 
+use rayon::prelude::*;
+
 use crate::quant;
 
 /// Weights per block.
@@ -36,21 +38,24 @@ impl PackedTernary {
         let slab = quant::packed_rows(rows);
         let cols_padded = cols.div_ceil(BLOCK) * BLOCK;
         let row_bytes = cols_padded / 4;
-        // Code 1 (weight 0) everywhere, so padding columns are zero weights.
-        let mut data = vec![0b0101_0101u8; rows * row_bytes];
-        for (r, row) in data.chunks_exact_mut(row_bytes).enumerate() {
-            let (src, shift) = (
-                &hf[(r % slab) * cols..(r % slab + 1) * cols],
-                2 * (r / slab),
-            );
-            for (c, &byte) in src.iter().enumerate() {
-                let code = (byte >> shift) & 3;
-                let (b, within) = (c / BLOCK, c % BLOCK);
-                let (k, j) = (within / 64, within % 64);
-                let at = &mut row[b * BLOCK_BYTES + j];
-                *at = (*at & !(3 << (2 * k))) | (code << (2 * k));
-            }
-        }
+        // Code 1 (weight 0) in padding, so padding columns are zero weights.
+        let mut data = vec![0u8; rows * row_bytes];
+        data.par_chunks_mut(row_bytes)
+            .enumerate()
+            .for_each(|(r, row)| {
+                let (src, shift) = (
+                    &hf[(r % slab) * cols..(r % slab + 1) * cols],
+                    2 * (r / slab),
+                );
+                let code = |c: usize| src.get(c).map_or(1, |&byte| (byte >> shift) & 3);
+                for (b, block) in row.chunks_exact_mut(BLOCK_BYTES).enumerate() {
+                    for (j, out) in block.iter_mut().enumerate() {
+                        let c = b * BLOCK + j;
+                        *out =
+                            code(c) | code(c + 64) << 2 | code(c + 128) << 4 | code(c + 192) << 6;
+                    }
+                }
+            });
         Self {
             rows,
             cols,

@@ -54,39 +54,30 @@ pub fn ternary_gemm(
     }
 }
 
-/// `out[t][r] = Σ_c W[r][c] · x[t][c]` for a dense f32 matrix given row by row through `row`.
-pub fn dense_gemm(
-    rows: usize,
-    cols: usize,
-    row: impl Fn(usize, &mut [f32]) + Sync,
-    x: &[f32],
-    n_tok: usize,
-    out: &mut [f32],
-) {
-    assert_eq!(x.len(), n_tok * cols);
-    assert_eq!(out.len(), n_tok * rows);
-    let cols_out: Vec<Vec<f32>> = (0..rows)
-        .into_par_iter()
-        .map_init(
-            || vec![0f32; cols],
-            |w, r| {
-                row(r, w);
-                (0..n_tok)
-                    .map(|t| dot(w, &x[t * cols..(t + 1) * cols]))
-                    .collect()
-            },
-        )
-        .collect();
-    for (r, col) in cols_out.iter().enumerate() {
-        for (t, v) in col.iter().enumerate() {
-            out[t * rows + r] = *v;
+/// f32 dot product.
+///
+/// Eight interleaved partial sums let the compiler vectorise the loop; the summation order is
+/// fixed, so the result does not depend on the CPU.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
         }
     }
+    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
-/// f32 dot product, accumulated in f32 left to right.
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).fold(0.0, |s, (x, y)| s + x * y)
+/// `y += a · x`.
+pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    for (yi, &xi) in y.iter_mut().zip(x) {
+        *yi += a * xi;
+    }
 }
 
 /// RMSNorm as transformers computes it: x · rsqrt(mean(x²) + eps) · w, in f32.

@@ -1,13 +1,15 @@
 //! The forward pass: embeddings → blocks (causal GQA attention with a KV cache, GLU feed-forward)
 //! → final norm → output head. A prompt is processed as one batch of tokens.
 
+use rayon::prelude::*;
+
 use super::Weights;
 use super::kv_cache::KvCache;
 use super::linear::{Activations, Linear};
 use super::rope::Rope;
 use crate::config::Activation;
 use crate::error::{Error, Result};
-use crate::kernels::{Kernel, scalar};
+use crate::kernels::{Kernel, dense, scalar};
 
 /// The model with the tables its forward pass needs.
 pub struct Transformer {
@@ -123,14 +125,7 @@ impl Transformer {
         let head = self.weights.head();
         let n_tok = hidden_states.len() / head.cols;
         let mut out = vec![0.0; n_tok * head.rows];
-        scalar::dense_gemm(
-            head.rows,
-            head.cols,
-            |r, buf| head.row_into(r, buf),
-            hidden_states,
-            n_tok,
-            &mut out,
-        );
+        dense::gemm(self.kernel, head.view(), hidden_states, n_tok, &mut out);
         out
     }
 
@@ -155,27 +150,26 @@ impl Transformer {
     /// Causal GQA attention for `n` new queries whose keys are the last `n` of `past + n`.
     fn attention(&self, q: &[f32], k: &[f32], v: &[f32], past: usize, n: usize) -> Vec<f32> {
         let cfg = &self.weights.config;
-        let (d, kv_dim, group) = (cfg.head_dim, cfg.kv_dim(), cfg.num_heads / cfg.num_kv_heads);
+        let (d, kv_dim, heads) = (cfg.head_dim, cfg.kv_dim(), cfg.num_heads);
+        let group = heads / cfg.num_kv_heads;
         let scale = 1.0 / (d as f32).sqrt();
         let mut out = vec![0.0f32; n * cfg.q_dim()];
-        let mut scores = Vec::with_capacity(past + n);
-        for t in 0..n {
-            let visible = past + t + 1;
-            for h in 0..cfg.num_heads {
-                let kvh = h / group;
-                let qh = &q[t * cfg.q_dim() + h * d..][..d];
+        // One task per (token, head): independent, so the split does not change the result.
+        out.par_chunks_mut(d)
+            .enumerate()
+            .for_each_init(Vec::new, |scores, (i, oh)| {
+                let (t, h) = (i / heads, i % heads);
+                let (visible, kv_off) = (past + t + 1, (h / group) * d);
+                let qh = &q[i * d..(i + 1) * d];
                 scores.clear();
                 scores.extend(
-                    (0..visible).map(|j| scalar::dot(qh, &k[j * kv_dim + kvh * d..][..d]) * scale),
+                    (0..visible).map(|j| scalar::dot(qh, &k[j * kv_dim + kv_off..][..d]) * scale),
                 );
-                scalar::softmax(&mut scores);
-                let oh = &mut out[t * cfg.q_dim() + h * d..][..d];
+                scalar::softmax(scores);
                 for (j, &p) in scores.iter().enumerate() {
-                    let vj = &v[j * kv_dim + kvh * d..][..d];
-                    oh.iter_mut().zip(vj).for_each(|(o, &x)| *o += p * x);
+                    scalar::axpy(p, &v[j * kv_dim + kv_off..][..d], oh);
                 }
-            }
-        }
+            });
         out
     }
 }

@@ -3,8 +3,9 @@
 
 use std::cell::OnceCell;
 
+use crate::kernels::Kernel;
+use crate::kernels::dense::{self, DenseView};
 use crate::kernels::packed::{PackedTernary, QuantizedRows};
-use crate::kernels::{Kernel, scalar};
 use crate::loader::bytes::Bytes;
 use crate::loader::safetensors::DType;
 
@@ -45,6 +46,15 @@ impl FloatMatrix {
     pub fn bytes(&self) -> usize {
         self.data.len()
     }
+
+    pub fn view(&self) -> DenseView<'_> {
+        DenseView {
+            dtype: self.dtype,
+            data: &self.data,
+            rows: self.rows,
+            cols: self.cols,
+        }
+    }
 }
 
 /// A ternary matrix in the kernels' layout with its per-tensor scale γ.
@@ -73,7 +83,7 @@ pub struct Activations<'a> {
 
 impl<'a> Activations<'a> {
     pub fn new(x: &'a [f32], n_tok: usize) -> Self {
-        assert!(n_tok > 0 && x.len() % n_tok == 0);
+        assert!(n_tok > 0 && x.len().is_multiple_of(n_tok));
         Self {
             x,
             n_tok,
@@ -126,14 +136,7 @@ impl Linear {
                     }
                 }
             }
-            Linear::Dense(w) => scalar::dense_gemm(
-                w.rows,
-                w.cols,
-                |r, buf| w.row_into(r, buf),
-                input.x,
-                input.n_tok,
-                out,
-            ),
+            Linear::Dense(w) => dense::gemm(kernel, w.view(), input.x, input.n_tok, out),
         }
     }
 }

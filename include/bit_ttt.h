@@ -245,6 +245,11 @@ typedef struct bit_ttt_model_params {
    * environment variable if set, else the fastest this CPU runs.
    */
   struct bit_ttt_string kernel;
+  /**
+   * Non-zero: compute logits with an int8 copy of the output head (faster decode, small
+   * accuracy cost).
+   */
+  uint8_t int8_head;
 } bit_ttt_model_params;
 
 /**

@@ -53,6 +53,9 @@ pub struct ModelParams {
     pub n_threads: usize,
     /// The ternary kernel; `None` = BIT_TTT_KERNEL if set, else the fastest this CPU runs.
     pub kernel: Option<kernels::Kernel>,
+    /// Compute logits with an int8 copy of the output head (half the bytes of bf16 per token,
+    /// a small accuracy cost); the original head is kept for nothing else.
+    pub int8_head: bool,
 }
 
 /// Size and shape of a loaded model, as reported by `bit-ttt info`.
@@ -169,7 +172,7 @@ impl Model {
         Ok(Model(Arc::new(ModelInner {
             bos_token: tokenizer.bos_token.clone(),
             eos_token: tokenizer.eos_token.clone(),
-            transformer: Transformer::new(weights, kernel),
+            transformer: Transformer::new(weights, kernel, params.int8_head),
             tokenizer,
             stop_tokens,
             source: src,
@@ -266,6 +269,7 @@ impl Model {
             n_params += (h.rows * h.cols) as u64;
             bytes += h.bytes() as u64;
         }
+        bytes += self.0.transformer.int8_head_bytes() as u64;
         ModelInfo {
             family: c.family,
             hidden_size: c.hidden_size,

@@ -49,6 +49,9 @@ struct ModelArgs {
     /// Ternary kernel (portable, avx2, avx512vnni); default: the fastest this CPU runs.
     #[arg(long)]
     kernel: Option<String>,
+    /// Compute logits with an int8 copy of the output head (faster, small accuracy cost).
+    #[arg(long)]
+    int8_head: bool,
 }
 
 impl ModelArgs {
@@ -63,6 +66,7 @@ impl ModelArgs {
             &ModelParams {
                 n_threads: self.threads,
                 kernel,
+                int8_head: self.int8_head,
             },
         )?;
         let session = Session::new(
@@ -185,6 +189,9 @@ struct BenchArgs {
     /// Ternary kernel (default: the fastest this CPU runs).
     #[arg(long)]
     kernel: Option<String>,
+    /// Compute logits with an int8 copy of the output head.
+    #[arg(long)]
+    int8_head: bool,
     /// One JSON line per thread count: {"threads", "kernel", "prefill_tok_s", "decode_tok_s",
     /// "load_s", "peak_rss_bytes"}.
     #[arg(long)]
@@ -389,6 +396,7 @@ fn bench(a: &BenchArgs) -> bit_ttt::Result<()> {
             &ModelParams {
                 n_threads: threads,
                 kernel,
+                int8_head: a.int8_head,
             },
         )?;
         let load_s = start.elapsed().as_secs_f64();
@@ -424,7 +432,7 @@ fn bench(a: &BenchArgs) -> bit_ttt::Result<()> {
         if a.json {
             println!(
                 "{}",
-                json!({"threads": model.n_threads(), "kernel": model.kernel().name(), "prefill_tok_s": prefill,
+                json!({"threads": model.n_threads(), "kernel": model.kernel().name(), "int8_head": a.int8_head, "prefill_tok_s": prefill,
                        "decode_tok_s": decode, "load_s": load_s, "peak_rss_bytes": rss})
             );
         } else {

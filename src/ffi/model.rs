@@ -27,6 +27,9 @@ pub struct bit_ttt_model_params {
     /// Ternary kernel by name ("portable", "avx2", "avx512vnni"); empty = the BIT_TTT_KERNEL
     /// environment variable if set, else the fastest this CPU runs.
     pub kernel: bit_ttt_string,
+    /// Non-zero: compute logits with an int8 copy of the output head (faster decode, small
+    /// accuracy cost).
+    pub int8_head: u8,
 }
 
 impl bit_ttt_model_params {
@@ -38,6 +41,7 @@ impl bit_ttt_model_params {
                 ptr: std::ptr::null(),
                 len: 0,
             },
+            int8_head: 0,
         }
     }
     fn into_rust(self) -> FfiResult<ModelParams> {
@@ -50,6 +54,7 @@ impl bit_ttt_model_params {
         Ok(ModelParams {
             n_threads: self.n_threads as usize,
             kernel,
+            int8_head: self.int8_head != 0,
         })
     }
 }

@@ -21,6 +21,14 @@ impl DenseView<'_> {
         let n = self.cols * self.dtype.size();
         &self.data[r * n..(r + 1) * n]
     }
+
+    /// Row `r` as f32 values.
+    pub fn row_into(&self, r: usize, out: &mut [f32]) {
+        let row = self.row(r);
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = value(self.dtype, row, i);
+        }
+    }
 }
 
 fn value(dtype: DType, b: &[u8], i: usize) -> f32 {

@@ -5,6 +5,7 @@
 //! params, or the BIT_TTT_KERNEL environment variable.
 
 pub mod dense;
+pub mod int8;
 pub mod packed;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]

@@ -9,6 +9,7 @@ use super::linear::{Activations, Linear};
 use super::rope::Rope;
 use crate::config::Activation;
 use crate::error::{Error, Result};
+use crate::kernels::int8::{self, Int8Matrix};
 use crate::kernels::{Kernel, dense, scalar};
 
 /// The model with the tables its forward pass needs.
@@ -16,6 +17,8 @@ pub struct Transformer {
     pub weights: Weights,
     rope: Rope,
     kernel: Kernel,
+    /// An int8 copy of the output head, used instead of it when present.
+    head_int8: Option<Int8Matrix>,
 }
 
 fn norm_rows(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
@@ -27,13 +30,25 @@ fn norm_rows(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
 }
 
 impl Transformer {
-    pub fn new(weights: Weights, kernel: Kernel) -> Self {
+    pub fn new(weights: Weights, kernel: Kernel, int8_head: bool) -> Self {
         let rope = Rope::new(&weights.config);
+        let head_int8 = int8_head.then(|| Int8Matrix::from_dense(weights.head().view()));
         Self {
             weights,
             rope,
             kernel,
+            head_int8,
         }
+    }
+
+    /// True when logits come from the int8 copy of the head.
+    pub fn int8_head(&self) -> bool {
+        self.head_int8.is_some()
+    }
+
+    /// Bytes of the int8 head copy (0 without one).
+    pub fn int8_head_bytes(&self) -> usize {
+        self.head_int8.as_ref().map_or(0, Int8Matrix::bytes)
     }
 
     /// The ternary kernel this model computes with.
@@ -125,7 +140,10 @@ impl Transformer {
         let head = self.weights.head();
         let n_tok = hidden_states.len() / head.cols;
         let mut out = vec![0.0; n_tok * head.rows];
-        dense::gemm(self.kernel, head.view(), hidden_states, n_tok, &mut out);
+        match &self.head_int8 {
+            Some(q) => int8::gemm(self.kernel, q, hidden_states, n_tok, &mut out),
+            None => dense::gemm(self.kernel, head.view(), hidden_states, n_tok, &mut out),
+        }
         out
     }
 

@@ -1,0 +1,204 @@
+//! An int8 copy of a dense matrix (the output head): per-row absmax scales, int8 activations per
+//! token, exact int32 dot products. Half the bytes of bf16 per decode step, for a small
+//! accuracy cost measured by tests/head_int8.rs and reported by `bit-ttt bench`.
+
+use rayon::prelude::*;
+
+use super::Kernel;
+use super::dense::DenseView;
+use crate::quant;
+
+/// Columns are padded to a multiple of this (zeros), so SIMD loops need no tail.
+const PAD: usize = 64;
+
+/// A `[rows, cols]` matrix as int8 with one f32 scale per row.
+#[derive(Debug, Clone)]
+pub struct Int8Matrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub cols_padded: usize,
+    pub w: Vec<i8>,
+    /// Row r's values are `w[r] * row_scale[r]`.
+    pub row_scale: Vec<f32>,
+}
+
+impl Int8Matrix {
+    /// Quantises each row by its absmax: w = round(v · 127 / max|v|).
+    pub fn from_dense(m: DenseView) -> Self {
+        let cols_padded = m.cols.div_ceil(PAD) * PAD;
+        let mut w = vec![0i8; m.rows * cols_padded];
+        let row_scale = w
+            .par_chunks_mut(cols_padded)
+            .enumerate()
+            .map(|(r, out)| {
+                let mut vals = vec![0f32; m.cols];
+                m.row_into(r, &mut vals);
+                let s = quant::quantize_activations(&vals, &mut out[..m.cols]);
+                1.0 / s
+            })
+            .collect();
+        Self {
+            rows: m.rows,
+            cols: m.cols,
+            cols_padded,
+            w,
+            row_scale,
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.w.len() + 4 * self.row_scale.len()
+    }
+
+    fn row(&self, r: usize) -> &[i8] {
+        &self.w[r * self.cols_padded..(r + 1) * self.cols_padded]
+    }
+}
+
+fn dot_portable(a: &[i8], b: &[i8]) -> i32 {
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| i32::from(x) * i32::from(y))
+        .sum()
+}
+
+fn dot(kernel: Kernel, a: &[i8], b: &[i8]) -> i32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        match kernel {
+            // SAFETY: selected kernels are supported by this CPU (Kernel::select); lengths are
+            // equal multiples of 64.
+            Kernel::Avx512Vnni => return unsafe { x86::dot_avx512bw(a, b) },
+            // SAFETY: as above.
+            Kernel::Avx2 => return unsafe { x86::dot_avx2(a, b) },
+            Kernel::Portable => {}
+        }
+    }
+    let _ = kernel;
+    dot_portable(a, b)
+}
+
+/// `out[t][r] = W[r] · x[t]` through int8: activations quantised per token, exact int32 sums.
+pub fn gemm(kernel: Kernel, m: &Int8Matrix, x: &[f32], n_tok: usize, out: &mut [f32]) {
+    assert_eq!(x.len(), n_tok * m.cols, "int8 gemm: input size");
+    assert_eq!(out.len(), n_tok * m.rows, "int8 gemm: output size");
+    let mut q = vec![0i8; n_tok * m.cols_padded];
+    let inv: Vec<f32> = x
+        .chunks_exact(m.cols)
+        .zip(q.chunks_exact_mut(m.cols_padded))
+        .map(|(xr, qr)| 1.0 / quant::quantize_activations(xr, &mut qr[..m.cols]))
+        .collect();
+    for t in 0..n_tok {
+        let qt = &q[t * m.cols_padded..(t + 1) * m.cols_padded];
+        out[t * m.rows..(t + 1) * m.rows]
+            .par_iter_mut()
+            .enumerate()
+            .with_min_len(256)
+            .for_each(|(r, o)| {
+                *o = dot(kernel, m.row(r), qt) as f32 * (m.row_scale[r] * inv[t]);
+            });
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// i8 · i8 with AVX-512 BW: sign-transfer so `vpmaddubsw` sees |a| (unsigned) and b·sign(a);
+    /// each pair sum stays within i16 (2 · 127 · 128 < 32768).
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512 F/BW; `a` and `b` have the same length, a multiple of 64.
+    /// `b` must not hold -128 (its negation would wrap); absmax quantisation never produces it.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn dot_avx512bw(a: &[i8], b: &[i8]) -> i32 {
+        let ones = _mm512_set1_epi16(1);
+        let zero = _mm512_setzero_si512();
+        let mut acc = _mm512_setzero_si512();
+        for i in (0..a.len()).step_by(64) {
+            // SAFETY: i + 64 <= len for both slices (caller's contract).
+            let (va, vb) = unsafe {
+                (
+                    _mm512_loadu_si512(a.as_ptr().add(i).cast()),
+                    _mm512_loadu_si512(b.as_ptr().add(i).cast()),
+                )
+            };
+            let neg = _mm512_movepi8_mask(va);
+            let abs_a = _mm512_abs_epi8(va);
+            let signed_b = _mm512_mask_sub_epi8(vb, neg, zero, vb);
+            acc = _mm512_add_epi32(
+                acc,
+                _mm512_madd_epi16(_mm512_maddubs_epi16(abs_a, signed_b), ones),
+            );
+        }
+        _mm512_reduce_add_epi32(acc)
+    }
+
+    /// The AVX2 version of `dot_avx512bw`, with `vpsignb`.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2; lengths as for `dot_avx512bw`.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn dot_avx2(a: &[i8], b: &[i8]) -> i32 {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = _mm256_setzero_si256();
+        for i in (0..a.len()).step_by(32) {
+            // SAFETY: i + 32 <= len for both slices (caller's contract).
+            let (va, vb) = unsafe {
+                (
+                    _mm256_loadu_si256(a.as_ptr().add(i).cast()),
+                    _mm256_loadu_si256(b.as_ptr().add(i).cast()),
+                )
+            };
+            let p = _mm256_maddubs_epi16(_mm256_sign_epi8(va, va), _mm256_sign_epi8(vb, va));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, ones));
+        }
+        let s = _mm_add_epi32(
+            _mm256_castsi256_si128(acc),
+            _mm256_extracti128_si256::<1>(acc),
+        );
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+        _mm_cvtsi128_si32(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn simd_int8_dots_are_exact() {
+        for len in [64usize, 128, 2560, 4096] {
+            for pattern in 0..4 {
+                let a: Vec<i8> = (0..len)
+                    .map(|i| match pattern {
+                        0 => -128,
+                        1 => 127,
+                        2 => {
+                            if i % 2 == 0 {
+                                -128
+                            } else {
+                                127
+                            }
+                        }
+                        _ => ((i * 37 + 11) % 256) as u8 as i8,
+                    })
+                    .collect();
+                // The second operand never holds -128 (both sides come from absmax quantisation).
+                let b: Vec<i8> = (0..len)
+                    .map(|i| (((i * 91 + 5) % 255) as i32 - 127) as i8)
+                    .collect();
+                let want = dot_portable(&a, &b);
+                for k in Kernel::available() {
+                    assert_eq!(
+                        dot(k, &a, &b),
+                        want,
+                        "{} len {len} pattern {pattern}",
+                        k.name()
+                    );
+                }
+            }
+        }
+    }
+}

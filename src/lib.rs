@@ -286,6 +286,26 @@ impl Model {
         }
     }
 
+    /// Bytes one decode step reads at `context` tokens: every projection, the output head (or
+    /// its int8 copy) and the KV cache. Divided by memory bandwidth, the decode speed limit.
+    pub fn bytes_read_per_token(&self, context: usize) -> u64 {
+        let t = &self.0.transformer;
+        let w = &t.weights;
+        let linears: usize = w
+            .layers
+            .iter()
+            .flat_map(|l| l.linears())
+            .map(|l| l.bytes())
+            .sum();
+        let head = if t.int8_head() {
+            t.int8_head_bytes()
+        } else {
+            w.head().bytes()
+        };
+        let kv = 2 * w.config.num_layers * context * w.config.kv_dim() * 4;
+        (linears + head + kv) as u64
+    }
+
     pub(crate) fn transformer(&self) -> &Transformer {
         &self.0.transformer
     }

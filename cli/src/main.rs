@@ -372,6 +372,29 @@ fn peak_rss_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Memory read bandwidth with `threads` threads (0 = all cores), in bytes/s: the best of three sums of a
+/// 512 MiB buffer (larger than any cache).
+fn read_bandwidth(threads: usize) -> f64 {
+    use rayon::prelude::*;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("thread pool");
+    let buf: Vec<u64> = (0..(512usize << 20) / 8).map(|i| i as u64).collect();
+    (0..3)
+        .map(|_| {
+            let start = std::time::Instant::now();
+            let sum = pool.install(|| {
+                buf.par_chunks(1 << 16)
+                    .map(|c| c.iter().fold(0u64, |s, &x| s.wrapping_add(x)))
+                    .reduce(|| 0, u64::wrapping_add)
+            });
+            std::hint::black_box(sum);
+            (buf.len() * 8) as f64 / start.elapsed().as_secs_f64()
+        })
+        .fold(0.0, f64::max)
+}
+
 fn bench(a: &BenchArgs) -> bit_ttt::Result<()> {
     let kernel = a
         .kernel
@@ -389,7 +412,9 @@ fn bench(a: &BenchArgs) -> bit_ttt::Result<()> {
             "threads", "kernel", "prefill tok/s", "decode tok/s", "load s", "peak RSS"
         );
     }
-    for &threads in &a.threads {
+    // Bandwidth first: its buffer must not count in the models' peak RSS.
+    let bandwidths: Vec<f64> = a.threads.iter().map(|&t| read_bandwidth(t)).collect();
+    for (&threads, &bandwidth) in a.threads.iter().zip(&bandwidths) {
         let start = std::time::Instant::now();
         let model = Model::load(
             &a.model,
@@ -429,21 +454,29 @@ fn bench(a: &BenchArgs) -> bit_ttt::Result<()> {
         let prefill = a.prompt_tokens as f64 / r.prefill_seconds;
         let decode = (r.tokens.len() - 1) as f64 / r.decode_seconds;
         let rss = peak_rss_bytes().unwrap_or(0);
+        // Mean context over the decode steps.
+        let bytes = model.bytes_read_per_token(a.prompt_tokens + a.gen_tokens / 2);
+        let roofline = bandwidth / bytes as f64;
         if a.json {
             println!(
                 "{}",
                 json!({"threads": model.n_threads(), "kernel": model.kernel().name(), "int8_head": a.int8_head, "prefill_tok_s": prefill,
-                       "decode_tok_s": decode, "load_s": load_s, "peak_rss_bytes": rss})
+                       "decode_tok_s": decode, "load_s": load_s, "peak_rss_bytes": rss,
+                       "read_bandwidth_gb_s": bandwidth / 1e9, "bytes_per_token": bytes,
+                       "roofline_decode_tok_s": roofline, "decode_roofline_fraction": decode / roofline})
             );
         } else {
             println!(
-                "{:>7}  {:<11} {:>13.1} {:>12.1} {:>8.2} {:>14}",
+                "{:>7}  {:<11} {:>13.1} {:>12.1} {:>8.2} {:>11} {:>10.1} {:>8.1} ({:.0}%)",
                 model.n_threads(),
                 model.kernel().name(),
                 prefill,
                 decode,
                 load_s,
-                human(rss)
+                human(rss),
+                bandwidth / 1e9,
+                roofline,
+                100.0 * decode / roofline
             );
         }
     }

@@ -241,7 +241,7 @@ typedef struct bit_ttt_model_params {
    */
   uint32_t n_threads;
   /**
-   * Ternary kernel by name ("portable", "avx2", "avx512vnni"); empty = the BIT_TTT_KERNEL
+   * Ternary kernel by name ("portable", "avx2", "avx512vnni", "neon", "neondot"); empty = the BIT_TTT_KERNEL
    * environment variable if set, else the fastest this CPU runs.
    */
   struct bit_ttt_string kernel;

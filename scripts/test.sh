@@ -36,6 +36,19 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "tests"
 cargo test --workspace
 
+step "NEON kernels (aarch64) under qemu, without and with dotprod"
+rustup target list --installed | grep -q '^aarch64-unknown-linux-gnu$' || rustup target add aarch64-unknown-linux-gnu
+have aarch64-linux-gnu-gcc || apt_install gcc-aarch64-linux-gnu
+have qemu-aarch64 || apt_install qemu-user
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu"
+cargo clippy --target aarch64-unknown-linux-gnu -p bit_ttt --all-targets -- -D warnings
+# The emulated CPU decides which kernels run; the tests check that exactly these are present.
+QEMU_CPU=cortex-a53 BIT_TTT_EXPECT_KERNELS=portable,neon \
+  cargo test --target aarch64-unknown-linux-gnu --test kernels --test parity
+QEMU_CPU=max BIT_TTT_EXPECT_KERNELS=portable,neon,neondot \
+  cargo test --target aarch64-unknown-linux-gnu --test kernels --test parity
+
 step "C ABI: header drift, symbols, C and C++ tests under sanitizers and valgrind"
 cargo build -p bit_ttt
 if [ -n "$(git status --porcelain -- include/bit_ttt.h)" ]; then

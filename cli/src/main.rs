@@ -46,7 +46,7 @@ struct ModelArgs {
     /// Context length (0 = the model's maximum).
     #[arg(long, default_value_t = 0)]
     ctx: usize,
-    /// Ternary kernel (portable, avx2, avx512vnni); default: the fastest this CPU runs.
+    /// Ternary kernel (portable, avx2, avx512vnni, neon, neondot); default: the fastest this CPU runs.
     #[arg(long)]
     kernel: Option<String>,
     /// Compute logits with an int8 copy of the output head (faster, small accuracy cost).

@@ -24,7 +24,7 @@ pub struct bit_ttt_model_params {
     pub struct_size: u32,
     /// Worker threads; 0 = one per core.
     pub n_threads: u32,
-    /// Ternary kernel by name ("portable", "avx2", "avx512vnni"); empty = the BIT_TTT_KERNEL
+    /// Ternary kernel by name ("portable", "avx2", "avx512vnni", "neon", "neondot"); empty = the BIT_TTT_KERNEL
     /// environment variable if set, else the fastest this CPU runs.
     pub kernel: bit_ttt_string,
     /// Non-zero: compute logits with an int8 copy of the output head (faster decode, small

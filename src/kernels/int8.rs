@@ -71,7 +71,7 @@ fn dot(kernel: Kernel, a: &[i8], b: &[i8]) -> i32 {
             Kernel::Avx512Vnni => return unsafe { x86::dot_avx512bw(a, b) },
             // SAFETY: as above.
             Kernel::Avx2 => return unsafe { x86::dot_avx2(a, b) },
-            Kernel::Portable => {}
+            _ => {}
         }
     }
     let _ = kernel;

@@ -2,10 +2,12 @@
 //! layout; `packed` the layout the fast kernels read and the portable kernel over it; `x86`
 //! the AVX2 and AVX-512 VNNI kernels. Every kernel must produce the oracle's int32 accumulators
 //! bit for bit. The kernel is chosen once per model at load, by CPU detection, the model
-//! params, or the BIT_TTT_KERNEL environment variable.
+//! params, or the BIT_TTT_KERNEL environment variable. `neon` holds the aarch64 kernels.
 
 pub mod dense;
 pub mod int8;
+#[cfg(target_arch = "aarch64")]
+pub mod neon;
 pub mod packed;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
@@ -25,16 +27,28 @@ pub enum Kernel {
     Avx2,
     /// x86-64 AVX-512 with VNNI.
     Avx512Vnni,
+    /// aarch64 NEON.
+    Neon,
+    /// aarch64 NEON with the dot-product extension.
+    NeonDot,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 3] = [Kernel::Portable, Kernel::Avx2, Kernel::Avx512Vnni];
+    pub const ALL: [Kernel; 5] = [
+        Kernel::Portable,
+        Kernel::Avx2,
+        Kernel::Avx512Vnni,
+        Kernel::Neon,
+        Kernel::NeonDot,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Kernel::Portable => "portable",
             Kernel::Avx2 => "avx2",
             Kernel::Avx512Vnni => "avx512vnni",
+            Kernel::Neon => "neon",
+            Kernel::NeonDot => "neondot",
         }
     }
 
@@ -63,6 +77,15 @@ impl Kernel {
             }
             #[cfg(not(target_arch = "x86_64"))]
             Kernel::Avx2 | Kernel::Avx512Vnni => false,
+            #[cfg(target_arch = "aarch64")]
+            Kernel::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            #[cfg(target_arch = "aarch64")]
+            Kernel::NeonDot => {
+                std::arch::is_aarch64_feature_detected!("neon")
+                    && std::arch::is_aarch64_feature_detected!("dotprod")
+            }
+            #[cfg(not(target_arch = "aarch64"))]
+            Kernel::Neon | Kernel::NeonDot => false,
         }
     }
 
@@ -106,10 +129,12 @@ impl Kernel {
             Kernel::Avx2 => x86::gemm_avx2(w, x, r0, acc),
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512Vnni => x86::gemm_avx512_vnni(w, x, r0, acc),
-            #[cfg(not(target_arch = "x86_64"))]
-            Kernel::Avx2 | Kernel::Avx512Vnni => {
-                unreachable!("select() refuses unsupported kernels")
-            }
+            #[cfg(target_arch = "aarch64")]
+            Kernel::Neon => neon::gemm_neon(w, x, r0, acc),
+            #[cfg(target_arch = "aarch64")]
+            Kernel::NeonDot => neon::gemm_dotprod(w, x, r0, acc),
+            #[allow(unreachable_patterns)]
+            _ => unreachable!("select() refuses kernels this CPU cannot run"),
         }
     }
 

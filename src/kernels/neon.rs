@@ -1,0 +1,168 @@
+//! aarch64 ternary kernels over the layout of `packed`: plain NEON (`smull` + `sadalp`) and
+//! NEON with the dot-product extension (`sdot`). Same results as `packed::gemm_portable`.
+
+use std::arch::aarch64::*;
+use std::arch::asm;
+
+use super::packed::{BLOCK, BLOCK_BYTES, PackedTernary, QuantizedRows};
+
+/// Tokens whose activations stay in cache while a task's rows stream past them.
+const TOKEN_BLOCK: usize = 32;
+
+/// As `x86::for_rows`: fills row-major `acc` four tokens at a time, minus each token's Σ q.
+#[inline(always)]
+fn for_rows(
+    w: &PackedTernary,
+    x: &QuantizedRows,
+    r0: usize,
+    acc: &mut [i32],
+    mut row4: impl FnMut(*const u8, [*const i8; 4]) -> [i32; 4],
+    mut row1: impl FnMut(*const u8, [*const i8; 1]) -> [i32; 1],
+) {
+    let rb = w.row_bytes();
+    for t0 in (0..x.n_tok).step_by(TOKEN_BLOCK) {
+        let t1 = (t0 + TOKEN_BLOCK).min(x.n_tok);
+        for (i, out) in acc.chunks_exact_mut(x.n_tok).enumerate() {
+            let row = w.data[(r0 + i) * rb..(r0 + i + 1) * rb].as_ptr();
+            let mut t = t0;
+            while t + 4 <= t1 {
+                let q = [0, 1, 2, 3].map(|k| x.token(t + k).as_ptr());
+                let s = row4(row, q);
+                for k in 0..4 {
+                    out[t + k] = s[k] - x.sums[t + k];
+                }
+                t += 4;
+            }
+            while t < t1 {
+                out[t] = row1(row, [x.token(t).as_ptr()])[0] - x.sums[t];
+                t += 1;
+            }
+        }
+    }
+}
+
+/// The four code vectors of a 16-byte quarter block: columns 64·k + (0..16) for k = 0..3.
+///
+/// # Safety
+/// The CPU supports NEON; `p` points to 16 readable bytes.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn codes(p: *const u8) -> [int8x16_t; 4] {
+    // SAFETY: 16 readable bytes (caller's contract).
+    let wv = unsafe { vld1q_u8(p) };
+    let mask = vdupq_n_u8(3);
+    [
+        vreinterpretq_s8_u8(vandq_u8(wv, mask)),
+        vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8::<2>(wv), mask)),
+        vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8::<4>(wv), mask)),
+        vreinterpretq_s8_u8(vshrq_n_u8::<6>(wv)),
+    ]
+}
+
+/// Σ code·q over one row for N tokens with plain NEON.
+///
+/// # Safety
+/// The CPU supports NEON; `row` points to `blocks * 64` bytes and each `q[t]` to
+/// `blocks * 256` int8 values.
+#[target_feature(enable = "neon")]
+unsafe fn row_neon<const N: usize>(row: *const u8, q: [*const i8; N], blocks: usize) -> [i32; N] {
+    let mut acc = [vdupq_n_s32(0); N];
+    for b in 0..blocks {
+        for h in 0..4 {
+            // SAFETY: quarter h of block b lies within the row.
+            let c = unsafe { codes(row.add(b * BLOCK_BYTES + h * 16)) };
+            for t in 0..N {
+                for (k, ck) in c.iter().enumerate() {
+                    // SAFETY: columns 64·k + 16·h .. +16 of block b, within the token's values.
+                    let qv = unsafe { vld1q_s8(q[t].add(b * BLOCK + 64 * k + 16 * h)) };
+                    // |code·q| ≤ 256 per i16 lane, pairwise added into i32.
+                    acc[t] = vpadalq_s16(acc[t], vmull_s8(vget_low_s8(*ck), vget_low_s8(qv)));
+                    acc[t] = vpadalq_s16(acc[t], vmull_high_s8(*ck, qv));
+                }
+            }
+        }
+    }
+    acc.map(|a| vaddvq_s32(a))
+}
+
+/// `acc += a · b` on groups of four int8 lanes (the `sdot` instruction).
+///
+/// # Safety
+/// The CPU supports the dot-product extension.
+#[inline]
+#[target_feature(enable = "neon,dotprod")]
+unsafe fn sdot(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+    let mut r = acc;
+    // SAFETY: `sdot` only reads and writes the named vector registers.
+    unsafe {
+        asm!("sdot {r:v}.4s, {a:v}.16b, {b:v}.16b", r = inout(vreg) r, a = in(vreg) a, b = in(vreg) b,
+             options(pure, nomem, nostack));
+    }
+    r
+}
+
+/// Σ code·q over one row for N tokens with NEON `sdot`.
+///
+/// # Safety
+/// The CPU supports NEON and dotprod; pointers as for `row_neon`.
+#[target_feature(enable = "neon,dotprod")]
+unsafe fn row_dotprod<const N: usize>(
+    row: *const u8,
+    q: [*const i8; N],
+    blocks: usize,
+) -> [i32; N] {
+    let mut acc = [vdupq_n_s32(0); N];
+    for b in 0..blocks {
+        for h in 0..4 {
+            // SAFETY: quarter h of block b lies within the row.
+            let c = unsafe { codes(row.add(b * BLOCK_BYTES + h * 16)) };
+            for t in 0..N {
+                for (k, ck) in c.iter().enumerate() {
+                    // SAFETY: as in `row_neon`; dotprod is enabled for this function.
+                    acc[t] = unsafe {
+                        sdot(acc[t], *ck, vld1q_s8(q[t].add(b * BLOCK + 64 * k + 16 * h)))
+                    };
+                }
+            }
+        }
+    }
+    acc.map(|a| vaddvq_s32(a))
+}
+
+/// NEON kernel; same contract as `packed::gemm_portable`.
+pub fn gemm_neon(w: &PackedTernary, x: &QuantizedRows, r0: usize, acc: &mut [i32]) {
+    assert!(
+        std::arch::is_aarch64_feature_detected!("neon"),
+        "NEON kernel on a CPU without NEON"
+    );
+    assert_eq!(x.cols_padded, w.cols_padded);
+    let blocks = w.cols_padded / BLOCK;
+    // SAFETY: NEON is present (checked above); rows and tokens have `blocks` whole blocks.
+    for_rows(
+        w,
+        x,
+        r0,
+        acc,
+        |r, q| unsafe { row_neon::<4>(r, q, blocks) },
+        |r, q| unsafe { row_neon::<1>(r, q, blocks) },
+    );
+}
+
+/// NEON dot-product kernel; same contract as `packed::gemm_portable`.
+pub fn gemm_dotprod(w: &PackedTernary, x: &QuantizedRows, r0: usize, acc: &mut [i32]) {
+    assert!(
+        std::arch::is_aarch64_feature_detected!("dotprod"),
+        "dotprod kernel on a CPU without it"
+    );
+    assert_eq!(x.cols_padded, w.cols_padded);
+    let blocks = w.cols_padded / BLOCK;
+    // SAFETY: NEON and dotprod are present (checked above); whole blocks as for NEON.
+    for_rows(
+        w,
+        x,
+        r0,
+        acc,
+        |r, q| unsafe { row_dotprod::<4>(r, q, blocks) },
+        |r, q| unsafe { row_dotprod::<1>(r, q, blocks) },
+    );
+}

@@ -114,9 +114,15 @@ fn ids_from_generation_config(src: &Source) -> Result<Vec<TokenId>> {
 }
 
 impl Model {
-    /// Loads a Hugging Face model folder (config.json, safetensors, tokenizer.json).
+    /// Loads a Hugging Face model folder (config.json, safetensors, tokenizer.json), or a file
+    /// written by `bit-ttt convert` (weights already in the kernels' layout, mapped in place).
     pub fn load(path: impl AsRef<Path>, params: &ModelParams) -> Result<Model> {
-        Self::load_source(Source::Dir(path.as_ref().to_path_buf()), params)
+        let path = path.as_ref();
+        if loader::prepacked::is_prepacked(path) {
+            let (src, print) = loader::prepacked::open(path)?;
+            return Self::load_source(src, Some(print), params);
+        }
+        Self::load_source(Source::Dir(path.to_path_buf()), None, params)
     }
 
     /// Loads a model whose files are held in memory, by file name (`config.json`,
@@ -125,12 +131,15 @@ impl Model {
         files: BTreeMap<String, Arc<Vec<u8>>>,
         params: &ModelParams,
     ) -> Result<Model> {
-        Self::load_source(Source::Memory(files), params)
+        Self::load_source(Source::Memory(files), None, params)
     }
 
-    fn load_source(src: Source, params: &ModelParams) -> Result<Model> {
+    /// `print` overrides the fingerprint (a pre-packed file carries its checkpoint's, so that
+    /// session states move between the two forms of one model).
+    fn load_source(src: Source, print: Option<u64>, params: &ModelParams) -> Result<Model> {
         let kernel = kernels::Kernel::select(params.kernel)?;
-        let (weights, fingerprint) = loader::load_weights(&src)?;
+        let (weights, computed) = loader::load_weights(&src)?;
+        let fingerprint = print.unwrap_or(computed);
         let tokenizer = Tokenizer::from_source(&src)?;
         let cfg = &weights.config;
         if tokenizer.vocab_size() > cfg.vocab_size {
@@ -319,6 +328,15 @@ impl Model {
 }
 
 pub use loader::estimate::MemoryEstimate;
+
+/// Converts a model folder into one pre-packed file that loads without repacking (see
+/// `loader::prepacked`).
+pub fn convert(
+    src: impl AsRef<Path>,
+    out: impl AsRef<Path>,
+) -> Result<loader::prepacked::ConvertStats> {
+    loader::prepacked::convert(src.as_ref(), out.as_ref())
+}
 
 /// Memory a model folder and one session of `n_ctx` tokens (0 = the model's maximum) will take,
 /// read from config.json and the safetensors headers only.

@@ -33,11 +33,24 @@ enum Command {
     Info(InfoArgs),
     /// Prefill and decode speed, load time and peak memory, per thread count.
     Bench(BenchArgs),
+    /// Write a model as one pre-packed file that loads without repacking (zero-copy mmap).
+    Convert(ConvertArgs),
+}
+
+#[derive(Args)]
+struct ConvertArgs {
+    /// Hugging Face model folder.
+    #[arg(long, short)]
+    model: PathBuf,
+    /// The file to write (load it with --model FILE).
+    #[arg(long, short)]
+    out: PathBuf,
 }
 
 #[derive(Args)]
 struct ModelArgs {
-    /// Hugging Face model folder (config.json, *.safetensors, tokenizer.json).
+    /// Hugging Face model folder (config.json, *.safetensors, tokenizer.json), or a file
+    /// written by `bit-ttt convert`.
     #[arg(long, short)]
     model: PathBuf,
     /// Worker threads (0 = one per core).
@@ -491,6 +504,18 @@ fn main() -> ExitCode {
         Command::Score(a) => score(a),
         Command::Info(a) => info(a),
         Command::Bench(a) => bench(a),
+        Command::Convert(a) => {
+            let start = std::time::Instant::now();
+            bit_ttt::convert(&a.model, &a.out).map(|s| {
+                eprintln!(
+                    "wrote {} ({} tensors, {}) in {:.1} s",
+                    a.out.display(),
+                    s.tensors,
+                    human(s.bytes),
+                    start.elapsed().as_secs_f64()
+                )
+            })
+        }
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,6 +11,7 @@
 
 use rayon::prelude::*;
 
+use crate::loader::bytes::Bytes;
 use crate::quant;
 
 /// Weights per block.
@@ -25,7 +26,8 @@ pub struct PackedTernary {
     pub cols: usize,
     /// Columns rounded up to whole blocks.
     pub cols_padded: usize,
-    pub data: Vec<u8>,
+    /// `rows * row_bytes()` bytes: owned after a repack, or mapped from a pre-packed file.
+    pub data: Bytes,
 }
 
 impl PackedTernary {
@@ -60,7 +62,7 @@ impl PackedTernary {
             rows,
             cols,
             cols_padded,
-            data,
+            data: Bytes::owned(data),
         }
     }
 }

@@ -58,7 +58,7 @@ fn read_header(src: &Source, name: &str) -> Result<BTreeMap<String, HeaderEntry>
                 .map_err(|e| bad(format!("truncated header: {e}")))?;
             buf
         }
-        Source::Memory(_) => {
+        Source::Memory(_) | Source::Packed { .. } => {
             let all = src.read(name)?;
             let n = all
                 .get(..8)

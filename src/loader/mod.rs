@@ -3,6 +3,7 @@
 
 pub mod bytes;
 pub mod estimate;
+pub mod prepacked;
 pub mod safetensors;
 pub mod source;
 
@@ -10,7 +11,7 @@ use std::collections::BTreeSet;
 
 use crate::config::{Config, Family, LinearClass, QuantMode};
 use crate::error::{Error, Result};
-use crate::kernels::packed::PackedTernary;
+use crate::kernels::packed::{BLOCK, PackedTernary};
 use crate::model::linear::{FloatMatrix, Linear, TernaryMatrix};
 use crate::model::{LayerWeights, Weights};
 use crate::quant;
@@ -20,6 +21,9 @@ pub use source::Source;
 /// The safetensors files of a model: `model.safetensors.index.json` shards, or
 /// `model.safetensors`.
 pub fn weight_files(src: &Source) -> Result<Vec<String>> {
+    if let Source::Packed { file, .. } = src {
+        return Ok(vec![file.display().to_string()]);
+    }
     let index = "model.safetensors.index.json";
     if src.exists(index) {
         let label = src.describe(index);
@@ -79,7 +83,7 @@ pub fn load_weights(src: &Source) -> Result<(Weights, u64)> {
 
 /// A 64-bit identity of a model: its config and every tensor's name, type, shape and a sample
 /// of its bytes. Saved session states carry it so a state is never loaded into another model.
-fn fingerprint(config_text: &str, store: &TensorStore) -> u64 {
+pub(crate) fn fingerprint(config_text: &str, store: &TensorStore) -> u64 {
     let mut h = Fnv64::default();
     h.write(config_text.as_bytes());
     let mut names: Vec<&str> = store.names().collect();
@@ -160,13 +164,34 @@ fn gamma_from_scale(store: &TensorStore, module: &str, class: LinearClass) -> Re
     })
 }
 
-fn load_linear(
+pub(crate) fn build_linear(
     store: &TensorStore,
     cfg: &Config,
     module: &str,
     rows: usize,
     cols: usize,
 ) -> Result<Linear> {
+    if let Some(p) = store.get(&format!("{module}.packed")) {
+        // A pre-packed file: the kernels' layout, used in place.
+        let cols_padded = cols.div_ceil(BLOCK) * BLOCK;
+        p.expect_shape(&[rows, cols_padded / 4])?;
+        if p.dtype != DType::U8 {
+            return Err(p.error(format!("dtype {:?}, expected U8", p.dtype)));
+        }
+        let g = store.require(&format!("{module}.gamma"))?;
+        g.expect_shape(&[1])?;
+        let gamma = g.to_f32()?[0];
+        if !(gamma.is_finite() && gamma > 0.0) {
+            return Err(g.error(format!("value {gamma} is not a positive scale")));
+        }
+        let packed = PackedTernary {
+            rows,
+            cols,
+            cols_padded,
+            data: p.data.clone(),
+        };
+        return Ok(Linear::Ternary(TernaryMatrix { packed, gamma }));
+    }
     let t = store.require(&format!("{module}.weight"))?;
     if kept_in_float(cfg, module) {
         return Ok(Linear::Dense(float_matrix(t, rows, cols)?));
@@ -218,6 +243,21 @@ fn load_linear(
     }
 }
 
+/// `(rows, cols)` of a projection named `model.layers.N.<proj>`, or None for other modules.
+pub(crate) fn projection_shape(c: &Config, module: &str) -> Option<(usize, usize)> {
+    let rest = module.strip_prefix("model.layers.")?;
+    let (_, proj) = rest.split_once('.')?;
+    let (h, ffn) = (c.hidden_size, c.intermediate_size);
+    Some(match proj {
+        "self_attn.q_proj" => (c.q_dim(), h),
+        "self_attn.k_proj" | "self_attn.v_proj" => (c.kv_dim(), h),
+        "self_attn.o_proj" => (h, c.q_dim()),
+        "mlp.gate_proj" | "mlp.up_proj" => (ffn, h),
+        "mlp.down_proj" => (h, ffn),
+        _ => return None,
+    })
+}
+
 /// Builds the engine's weights from a checkpoint's tensors, checking every name and shape.
 pub fn build_weights(config: Config, store: &TensorStore) -> Result<Weights> {
     let c = &config;
@@ -233,7 +273,7 @@ pub fn build_weights(config: Config, store: &TensorStore) -> Result<Weights> {
     let mut layers = Vec::with_capacity(c.num_layers);
     for i in 0..c.num_layers {
         let p = format!("model.layers.{i}");
-        let lin = |m: &str, rows, cols| load_linear(store, c, &format!("{p}.{m}"), rows, cols);
+        let lin = |m: &str, rows, cols| build_linear(store, c, &format!("{p}.{m}"), rows, cols);
         let sub = |name: &str, len| match c.family {
             Family::BitNet => float_vector(store, &format!("{p}.{name}.weight"), len).map(Some),
             Family::Llama => Ok(None),

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use memmap2::Mmap;
@@ -16,6 +16,20 @@ use crate::error::{Error, ErrorKind, Result};
 pub enum Source {
     Dir(PathBuf),
     Memory(BTreeMap<String, Arc<Vec<u8>>>),
+    /// A pre-packed file (`bit-ttt convert`): text files from its metadata, weights mapped.
+    Packed {
+        file: PathBuf,
+        texts: BTreeMap<String, Arc<Vec<u8>>>,
+    },
+}
+
+/// Maps a whole file read-only.
+pub fn map_file(p: &Path) -> Result<Backing> {
+    let file = File::open(p).map_err(|e| Error::io(p, &e))?;
+    // SAFETY: the map is read-only; a checkpoint modified while mapped is outside the contract
+    // (as with every mmap-based loader), and every read is bounds-checked.
+    let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(p, &e))?;
+    Ok(Backing::Mapped(map))
 }
 
 impl Source {
@@ -24,13 +38,15 @@ impl Source {
         match self {
             Source::Dir(d) => d.join(name).display().to_string(),
             Source::Memory(_) => format!("<memory>/{name}"),
+            Source::Packed { file, .. } if name.is_empty() => file.display().to_string(),
+            Source::Packed { file, .. } => format!("{}[{name}]", file.display()),
         }
     }
 
     pub fn exists(&self, name: &str) -> bool {
         match self {
             Source::Dir(d) => d.join(name).is_file(),
-            Source::Memory(files) => files.contains_key(name),
+            Source::Memory(files) | Source::Packed { texts: files, .. } => files.contains_key(name),
         }
     }
 
@@ -48,7 +64,7 @@ impl Source {
                 let p = d.join(name);
                 std::fs::read(&p).map_err(|e| Error::io(&p, &e))
             }
-            Source::Memory(files) => files
+            Source::Memory(files) | Source::Packed { texts: files, .. } => files
                 .get(name)
                 .map(|b| b.to_vec())
                 .ok_or_else(|| self.missing(name)),
@@ -68,19 +84,13 @@ impl Source {
     /// A weights file: memory-mapped from disk, or shared from memory without a copy.
     pub fn backing(&self, name: &str) -> Result<Backing> {
         match self {
-            Source::Dir(d) => {
-                let p = d.join(name);
-                let file = File::open(&p).map_err(|e| Error::io(&p, &e))?;
-                // SAFETY: the map is read-only; a checkpoint modified while mapped is outside
-                // the contract (as with every mmap-based loader), and every read is bounds-checked.
-                let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&p, &e))?;
-                Ok(Backing::Mapped(map))
-            }
+            Source::Dir(d) => map_file(&d.join(name)),
             Source::Memory(files) => files
                 .get(name)
                 .cloned()
                 .map(Backing::Owned)
                 .ok_or_else(|| self.missing(name)),
+            Source::Packed { file, .. } => map_file(file),
         }
     }
 }

@@ -1,0 +1,214 @@
+//! The pre-packed format written by `bit-ttt convert`: one safetensors file holding the ternary
+//! weights already in the kernels' layout (`{module}.packed`, `{module}.gamma`), every other
+//! tensor as in the checkpoint, and the model's text files (config, tokenizer, chat template)
+//! in its metadata. Loading it maps the file and uses the weights in place: no repacking, no
+//! second copy.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use safetensors::SafeTensors;
+use serde_json::{Value, json};
+
+use super::safetensors::{DType, TensorStore};
+use super::source::{Source, map_file};
+use super::{build_linear, fingerprint, projection_shape, weight_files};
+use crate::config::Config;
+use crate::error::{Error, ErrorKind, Result};
+use crate::model::linear::Linear;
+
+/// Metadata key naming the format; its value is FORMAT.
+pub const FORMAT_KEY: &str = "bit_ttt.format";
+pub const FORMAT: &str = "packed-v1";
+const FINGERPRINT_KEY: &str = "bit_ttt.fingerprint";
+const TEXT_FILES: [&str; 5] = [
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+    "chat_template.jinja",
+];
+
+/// What `convert` wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvertStats {
+    pub tensors: usize,
+    pub bytes: u64,
+}
+
+fn dtype_name(d: DType) -> &'static str {
+    match d {
+        DType::U8 => "U8",
+        DType::I8 => "I8",
+        DType::F16 => "F16",
+        DType::BF16 => "BF16",
+        DType::F32 => "F32",
+    }
+}
+
+/// One output tensor: its name, type, shape, and how to produce its bytes when its turn comes.
+struct Planned<'a> {
+    name: String,
+    dtype: DType,
+    shape: Vec<usize>,
+    bytes: Box<dyn Fn() -> Result<Vec<u8>> + 'a>,
+}
+
+/// Converts the model folder `src` into a pre-packed file at `out`, one tensor at a time (the
+/// largest tensor is the most held in memory), written to a temporary file and renamed.
+pub fn convert(src: &Path, out: &Path) -> Result<ConvertStats> {
+    let source = Source::Dir(src.to_path_buf());
+    let config_text = source.read_string("config.json")?;
+    let cfg =
+        Config::from_json(&config_text).map_err(|e| e.context(source.describe("config.json")))?;
+    let mut store = TensorStore::default();
+    for file in weight_files(&source)? {
+        store.add_backing(&source.describe(&file), source.backing(&file)?)?;
+    }
+    let mut metadata = HashMap::new();
+    metadata.insert(FORMAT_KEY.to_string(), FORMAT.to_string());
+    metadata.insert(
+        FINGERPRINT_KEY.to_string(),
+        format!("{:016x}", fingerprint(&config_text, &store)),
+    );
+    for name in TEXT_FILES {
+        if source.exists(name) {
+            metadata.insert(name.to_string(), source.read_string(name)?);
+        }
+    }
+
+    let mut names: Vec<&str> = store.names().collect();
+    names.sort_unstable();
+    let mut plan: Vec<Planned> = Vec::new();
+    for name in names {
+        let t = store.get(name).expect("listed tensor");
+        let module = name.strip_suffix(".weight");
+        if name.ends_with(".weight_scale") {
+            continue; // folded into `.gamma`
+        }
+        if let Some((rows, cols)) = module.and_then(|m| projection_shape(&cfg, m)) {
+            let module = module.expect("projection name").to_string();
+            if let Linear::Ternary(lin) = build_linear(&store, &cfg, &module, rows, cols)? {
+                // Built again when written: holding every packed matrix would defeat streaming.
+                let (cfg, store) = (&cfg, &store);
+                let m2 = module.clone();
+                plan.push(Planned {
+                    name: format!("{module}.packed"),
+                    dtype: DType::U8,
+                    shape: vec![rows, lin.packed.row_bytes()],
+                    bytes: Box::new(move || match build_linear(store, cfg, &m2, rows, cols)? {
+                        Linear::Ternary(l) => Ok(l.packed.data.to_vec()),
+                        Linear::Dense(_) => Err(Error::internal("projection changed kind")),
+                    }),
+                });
+                let gamma = lin.gamma;
+                plan.push(Planned {
+                    name: format!("{module}.gamma"),
+                    dtype: DType::F32,
+                    shape: vec![1],
+                    bytes: Box::new(move || Ok(gamma.to_le_bytes().to_vec())),
+                });
+                continue;
+            }
+        }
+        plan.push(Planned {
+            name: name.to_string(),
+            dtype: t.dtype,
+            shape: t.shape.clone(),
+            bytes: Box::new(move || Ok(t.data.to_vec())),
+        });
+    }
+
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), json!(metadata));
+    let mut offset = 0usize;
+    for p in &plan {
+        let n = p.shape.iter().product::<usize>() * p.dtype.size();
+        header.insert(
+            p.name.clone(),
+            json!({"dtype": dtype_name(p.dtype), "shape": p.shape, "data_offsets": [offset, offset + n]}),
+        );
+        offset += n;
+    }
+    let mut header_bytes =
+        serde_json::to_vec(&Value::Object(header)).map_err(|e| Error::internal(e.to_string()))?;
+    header_bytes.resize(header_bytes.len().div_ceil(8) * 8, b' ');
+
+    let tmp = out.with_extension("tmp");
+    let io = |e: std::io::Error| Error::io(out, &e);
+    let mut w = BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);
+    w.write_all(&(header_bytes.len() as u64).to_le_bytes())
+        .map_err(io)?;
+    w.write_all(&header_bytes).map_err(io)?;
+    for p in &plan {
+        let bytes = (p.bytes)()?;
+        debug_assert_eq!(
+            bytes.len(),
+            p.shape.iter().product::<usize>() * p.dtype.size()
+        );
+        w.write_all(&bytes).map_err(io)?;
+    }
+    w.into_inner()
+        .map_err(|e| io(e.into_error()))?
+        .sync_all()
+        .map_err(io)?;
+    std::fs::rename(&tmp, out).map_err(io)?;
+    Ok(ConvertStats {
+        tensors: plan.len(),
+        bytes: 8 + header_bytes.len() as u64 + offset as u64,
+    })
+}
+
+/// True when `path` is a file written by `convert`.
+pub fn is_prepacked(path: &Path) -> bool {
+    path.is_file()
+}
+
+/// Opens a pre-packed file: its text files come from the metadata.
+pub fn open(path: &Path) -> Result<(Source, u64)> {
+    let map = map_file(path)?;
+    let bad = |what: String| Error::invalid_model(format!("{}: {what}", path.display()));
+    let (_, meta) = SafeTensors::read_metadata(&map)
+        .map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
+    let kv = meta
+        .metadata()
+        .as_ref()
+        .ok_or_else(|| bad("no metadata: not a `bit-ttt convert` file".into()))?;
+    match kv.get(FORMAT_KEY).map(String::as_str) {
+        Some(FORMAT) => {}
+        Some(other) => {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "{}: pre-packed format `{other}` is not supported (this library reads {FORMAT})",
+                    path.display()
+                ),
+            ));
+        }
+        None => {
+            return Err(bad(format!(
+                "no `{FORMAT_KEY}` in the metadata: not a `bit-ttt convert` file"
+            )));
+        }
+    }
+    let print = kv
+        .get(FINGERPRINT_KEY)
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+        .ok_or_else(|| bad(format!("missing or invalid `{FINGERPRINT_KEY}`")))?;
+    let texts: BTreeMap<String, Arc<Vec<u8>>> = TEXT_FILES
+        .iter()
+        .filter_map(|n| {
+            kv.get(*n)
+                .map(|v| (n.to_string(), Arc::new(v.clone().into_bytes())))
+        })
+        .collect();
+    Ok((
+        Source::Packed {
+            file: path.to_path_buf(),
+            texts,
+        },
+        print,
+    ))
+}

@@ -2,19 +2,13 @@
 //! native head, and the change in NLL against transformers' reference. The bounds are set from
 //! the measured values (printed) with headroom, so a broken int8 path fails.
 
+mod common;
+use common::{FIXTURES, fixture};
+
 use std::path::Path;
 
 use bit_ttt::{Model, ModelParams, Session, SessionParams};
 use serde_json::Value;
-
-const FIXTURES: &[&str] = &[
-    "bitnet_packed_auto",
-    "bitnet_packed_bitlinear",
-    "bitnet_ternary_bf16",
-    "bitnet_latent_f32",
-    "bitnet_latent_bf16",
-    "llama_packed_sharded",
-];
 
 fn session(dir: &Path, int8_head: bool) -> Session {
     let model = Model::load(
@@ -39,9 +33,7 @@ fn session(dir: &Path, int8_head: bool) -> Session {
 fn int8_head_accuracy_cost() {
     let (mut agree, mut total, mut worst_nll) = (0usize, 0usize, 0.0f64);
     for name in FIXTURES {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(name);
+        let dir = fixture(name);
         let reference: Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
                 .unwrap();

@@ -1,20 +1,14 @@
 //! Parity with Hugging Face transformers on the committed fixtures (tools/make_fixtures.py):
 //! logits, NLL and greedy continuations, on every checkpoint format.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::{FIXTURES, fixture};
+
+use std::path::Path;
 
 use bit_ttt::kernels::Kernel;
 use bit_ttt::{GenerateParams, Model, ModelParams, SamplingParams, Session, SessionParams};
 use serde_json::Value;
-
-const FIXTURES: &[&str] = &[
-    "bitnet_packed_auto",
-    "bitnet_packed_bitlinear",
-    "bitnet_ternary_bf16",
-    "bitnet_latent_f32",
-    "bitnet_latent_bf16",
-    "llama_packed_sharded",
-];
 
 /// Largest logit difference accepted. The engine and transformers agree to float rounding
 /// everywhere except where an activation sits on an int8 rounding boundary: a last-bit difference
@@ -25,12 +19,6 @@ const FIXTURES: &[&str] = &[
 const LOGIT_TOL: f32 = 0.25;
 /// Greedy continuations are compared until the reference's top-1/top-2 gap falls under this.
 const GAP_TOL: f64 = 0.5;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
 
 fn reference(dir: &Path) -> (Value, safetensors::SafeTensors<'static>) {
     let json: Value =

@@ -1,17 +1,11 @@
 //! `bit-ttt convert` files: the same model, bit for bit, loaded without repacking.
 
+mod common;
+use common::{FIXTURES, fixture};
+
 use std::path::Path;
 
 use bit_ttt::{ErrorKind, Model, ModelParams, Session, SessionParams};
-
-const FIXTURES: &[&str] = &[
-    "bitnet_packed_auto",
-    "bitnet_packed_bitlinear",
-    "bitnet_ternary_bf16",
-    "bitnet_latent_f32",
-    "bitnet_latent_bf16",
-    "llama_packed_sharded",
-];
 
 fn logits(model: &Model, ids: &[u32]) -> Vec<f32> {
     let mut s = Session::new(
@@ -90,7 +84,7 @@ fn foreign_files_are_refused_with_a_reason() {
         ErrorKind::InvalidModel
     );
     // A truncated converted file.
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bitnet_packed_auto");
+    let dir = fixture("bitnet_packed_auto");
     let out = tmp.path().join("m.bttt");
     bit_ttt::convert(&dir, &out).unwrap();
     let bytes = std::fs::read(&out).unwrap();

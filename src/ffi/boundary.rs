@@ -68,6 +68,23 @@ pub(crate) fn handle<'a, T>(ptr: *const T, what: &str) -> FfiResult<&'a T> {
     unsafe { ptr.as_ref() }.ok_or_else(|| FfiError::null(what))
 }
 
+/// Checks the `uint32_t struct_size` that starts every params and out-struct.
+fn check_struct_size<T>(ptr: *const T, what: &str) -> FfiResult {
+    // SAFETY: every params and out-struct starts with `uint32_t struct_size`; the caller passes a
+    // non-NULL pointer to at least that much readable memory.
+    let size = unsafe { ptr.cast::<u32>().read_unaligned() } as usize;
+    if size != std::mem::size_of::<T>() {
+        return Err(FfiError::new(
+            BIT_TTT_ABI_MISMATCH,
+            format!(
+                "{what}.struct_size is {size}, this library expects {}",
+                std::mem::size_of::<T>()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Reads a params struct: NULL means defaults; a struct_size other than ours is ABI_MISMATCH.
 pub(crate) fn params<T: Copy>(
     ptr: *const T,
@@ -77,18 +94,7 @@ pub(crate) fn params<T: Copy>(
     if ptr.is_null() {
         return Ok(defaults());
     }
-    // SAFETY: every params struct starts with `uint32_t struct_size`; the caller passes a pointer
-    // to at least that much readable memory.
-    let size = unsafe { (ptr as *const u32).read_unaligned() } as usize;
-    if size != std::mem::size_of::<T>() {
-        return Err(FfiError::new(
-            BIT_TTT_ABI_MISMATCH,
-            format!(
-                "{what}.struct_size is {size}, this library expects {}",
-                std::mem::size_of::<T>()
-            ),
-        ));
-    }
+    check_struct_size(ptr, what)?;
     // SAFETY: struct_size says the caller's struct is a full T.
     Ok(unsafe { ptr.read_unaligned() })
 }
@@ -98,16 +104,6 @@ pub(crate) fn out_struct<T>(ptr: *mut T, what: &str) -> FfiResult<*mut T> {
     if ptr.is_null() {
         return Err(FfiError::null(what));
     }
-    // SAFETY: out-structs start with `uint32_t struct_size`, set by the caller.
-    let size = unsafe { (ptr as *const u32).read_unaligned() } as usize;
-    if size != std::mem::size_of::<T>() {
-        return Err(FfiError::new(
-            BIT_TTT_ABI_MISMATCH,
-            format!(
-                "{what}.struct_size is {size}, this library expects {}",
-                std::mem::size_of::<T>()
-            ),
-        ));
-    }
+    check_struct_size(ptr, what)?;
     Ok(ptr)
 }

@@ -4,7 +4,7 @@ use std::ffi::{c_char, c_void};
 
 use super::boundary::{call, out_struct, params, write_out};
 use super::session::bit_ttt_session;
-use super::session::shared;
+use super::session::{shared, with_session};
 use super::status::*;
 use super::strings::bit_ttt_string;
 use super::strings::{items_out, slice_in, str_in, string_in, text_out};
@@ -183,11 +183,7 @@ pub extern "C" fn bit_ttt_generate(
     params: *const bit_ttt_generate_params,
     out_result: *mut bit_ttt_generate_result,
 ) -> bit_ttt_status {
-    let s = match shared(session) {
-        Ok(s) => s,
-        Err(e) => return call(|| Err(e)),
-    };
-    s.with(|sess| {
+    with_session(session, |sess, s| {
         let out = if out_result.is_null() {
             None
         } else {

@@ -147,6 +147,17 @@ pub(crate) fn shared<'a>(session: *const bit_ttt_session) -> FfiResult<&'a Arc<S
     Ok(&handle(session, "session")?.shared)
 }
 
+/// Runs `f` on the session behind a handle (see `SessionShared::with`); NULL_POINTER if NULL.
+pub(crate) fn with_session(
+    session: *const bit_ttt_session,
+    f: impl FnOnce(&mut Session, &SessionShared) -> FfiResult,
+) -> bit_ttt_status {
+    match shared(session) {
+        Ok(s) => s.with(|sess| f(sess, s)),
+        Err(e) => call(|| Err(e)),
+    }
+}
+
 /// Fills `params` with defaults (and its struct_size).
 #[unsafe(no_mangle)]
 pub extern "C" fn bit_ttt_session_params_init(
@@ -212,11 +223,7 @@ pub extern "C" fn bit_ttt_session_reset(
     session: *const bit_ttt_session,
     parts: u32,
 ) -> bit_ttt_status {
-    let s = match shared(session) {
-        Ok(s) => s,
-        Err(e) => return call(|| Err(e)),
-    };
-    s.with(|sess| {
+    with_session(session, |sess, _| {
         if parts == 0 || parts & !BIT_TTT_RESET_ALL != 0 {
             return Err(FfiError::invalid(format!(
                 "reset parts {parts:#x}: use BIT_TTT_RESET_* bits"

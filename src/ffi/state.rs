@@ -3,8 +3,7 @@
 use std::ffi::c_char;
 use std::io::Write;
 
-use super::boundary::call;
-use super::session::{bit_ttt_session, shared};
+use super::session::{bit_ttt_session, with_session};
 use super::status::*;
 use super::strings::{items_out, path_in, slice_in};
 use crate::error::Error;
@@ -18,11 +17,9 @@ pub extern "C" fn bit_ttt_session_state_save(
     cap: usize,
     out_len: *mut usize,
 ) -> bit_ttt_status {
-    let s = match shared(session) {
-        Ok(s) => s,
-        Err(e) => return call(|| Err(e)),
-    };
-    s.with(|sess| items_out(&sess.save_state(), buf, cap, out_len))
+    with_session(session, |sess, _| {
+        items_out(&sess.save_state(), buf, cap, out_len)
+    })
 }
 
 /// Restores a blob from bit_ttt_session_state_save, all or nothing: a blob from another model,
@@ -34,11 +31,9 @@ pub extern "C" fn bit_ttt_session_state_load(
     data: *const u8,
     len: usize,
 ) -> bit_ttt_status {
-    let s = match shared(session) {
-        Ok(s) => s,
-        Err(e) => return call(|| Err(e)),
-    };
-    s.with(|sess| Ok(sess.load_state(slice_in(data, len, "data")?)?))
+    with_session(session, |sess, _| {
+        Ok(sess.load_state(slice_in(data, len, "data")?)?)
+    })
 }
 
 /// Saves the state to a file (UTF-8 path), atomically: written to a temporary file beside it,
@@ -49,11 +44,7 @@ pub extern "C" fn bit_ttt_session_state_save_file(
     path: *const c_char,
     path_len: usize,
 ) -> bit_ttt_status {
-    let s = match shared(session) {
-        Ok(s) => s,
-        Err(e) => return call(|| Err(e)),
-    };
-    s.with(|sess| {
+    with_session(session, |sess, _| {
         let path = path_in(path, path_len)?;
         let blob = sess.save_state();
         let name = path
@@ -84,11 +75,7 @@ pub extern "C" fn bit_ttt_session_state_load_file(
     path: *const c_char,
     path_len: usize,
 ) -> bit_ttt_status {
-    let s = match shared(session) {
-        Ok(s) => s,
-        Err(e) => return call(|| Err(e)),
-    };
-    s.with(|sess| {
+    with_session(session, |sess, _| {
         let path = path_in(path, path_len)?;
         let blob = std::fs::read(&path).map_err(|e| Error::io(&path, &e))?;
         Ok(sess.load_state(&blob)?)

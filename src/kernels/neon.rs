@@ -4,42 +4,7 @@
 use std::arch::aarch64::*;
 use std::arch::asm;
 
-use super::packed::{BLOCK, BLOCK_BYTES, PackedTernary, QuantizedRows};
-
-/// Tokens whose activations stay in cache while a task's rows stream past them.
-const TOKEN_BLOCK: usize = 32;
-
-/// As `x86::for_rows`: fills row-major `acc` four tokens at a time, minus each token's Σ q.
-#[inline(always)]
-fn for_rows(
-    w: &PackedTernary,
-    x: &QuantizedRows,
-    r0: usize,
-    acc: &mut [i32],
-    mut row4: impl FnMut(*const u8, [*const i8; 4]) -> [i32; 4],
-    mut row1: impl FnMut(*const u8, [*const i8; 1]) -> [i32; 1],
-) {
-    let rb = w.row_bytes();
-    for t0 in (0..x.n_tok).step_by(TOKEN_BLOCK) {
-        let t1 = (t0 + TOKEN_BLOCK).min(x.n_tok);
-        for (i, out) in acc.chunks_exact_mut(x.n_tok).enumerate() {
-            let row = w.data[(r0 + i) * rb..(r0 + i + 1) * rb].as_ptr();
-            let mut t = t0;
-            while t + 4 <= t1 {
-                let q = [0, 1, 2, 3].map(|k| x.token(t + k).as_ptr());
-                let s = row4(row, q);
-                for k in 0..4 {
-                    out[t + k] = s[k] - x.sums[t + k];
-                }
-                t += 4;
-            }
-            while t < t1 {
-                out[t] = row1(row, [x.token(t).as_ptr()])[0] - x.sums[t];
-                t += 1;
-            }
-        }
-    }
-}
+use super::packed::{BLOCK, BLOCK_BYTES, PackedTernary, QuantizedRows, for_rows};
 
 /// The four code vectors of a 16-byte quarter block: columns 64·k + (0..16) for k = 0..3.
 ///

@@ -131,6 +131,43 @@ impl QuantizedRows {
     }
 }
 
+/// Tokens whose activations stay in cache while a task's rows stream past them.
+pub(super) const TOKEN_BLOCK: usize = 32;
+
+/// Fills `acc` (row-major `[rows][n_tok]`) with `row4` / `row1` (Σ code·q of one row for four
+/// tokens / one token), minus each token's Σ q. Tokens go in blocks so that their activations
+/// are reused from cache across rows (prefill); decode is the one-token case.
+#[inline(always)]
+pub(super) fn for_rows(
+    w: &PackedTernary,
+    x: &QuantizedRows,
+    r0: usize,
+    acc: &mut [i32],
+    mut row4: impl FnMut(*const u8, [*const i8; 4]) -> [i32; 4],
+    mut row1: impl FnMut(*const u8, [*const i8; 1]) -> [i32; 1],
+) {
+    let rb = w.row_bytes();
+    for t0 in (0..x.n_tok).step_by(TOKEN_BLOCK) {
+        let t1 = (t0 + TOKEN_BLOCK).min(x.n_tok);
+        for (i, out) in acc.chunks_exact_mut(x.n_tok).enumerate() {
+            let row = w.data[(r0 + i) * rb..(r0 + i + 1) * rb].as_ptr();
+            let mut t = t0;
+            while t + 4 <= t1 {
+                let q = [0, 1, 2, 3].map(|k| x.token(t + k).as_ptr());
+                let s = row4(row, q);
+                for k in 0..4 {
+                    out[t + k] = s[k] - x.sums[t + k];
+                }
+                t += 4;
+            }
+            while t < t1 {
+                out[t] = row1(row, [x.token(t).as_ptr()])[0] - x.sums[t];
+                t += 1;
+            }
+        }
+    }
+}
+
 /// The portable kernel: plain loops over the kernel layout. `acc` is row-major
 /// `[rows of this call][n_tok]`, for rows `r0..r0 + acc.len() / n_tok`.
 pub fn gemm_portable(w: &PackedTernary, x: &QuantizedRows, r0: usize, acc: &mut [i32]) {

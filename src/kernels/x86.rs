@@ -4,44 +4,7 @@
 
 use std::arch::x86_64::*;
 
-use super::packed::{BLOCK, BLOCK_BYTES, PackedTernary, QuantizedRows};
-
-/// Tokens whose activations stay in cache while a task's rows stream past them.
-const TOKEN_BLOCK: usize = 32;
-
-/// Fills `acc` (row-major `[rows][n_tok]`) with `row4` / `row1` (Σ code·q of one row for four
-/// tokens / one token), minus each token's Σ q. Tokens go in blocks so that their activations
-/// are reused from cache across rows (prefill); decode is the one-token case.
-#[inline(always)]
-fn for_rows(
-    w: &PackedTernary,
-    x: &QuantizedRows,
-    r0: usize,
-    acc: &mut [i32],
-    mut row4: impl FnMut(*const u8, [*const i8; 4]) -> [i32; 4],
-    mut row1: impl FnMut(*const u8, [*const i8; 1]) -> [i32; 1],
-) {
-    let rb = w.row_bytes();
-    for t0 in (0..x.n_tok).step_by(TOKEN_BLOCK) {
-        let t1 = (t0 + TOKEN_BLOCK).min(x.n_tok);
-        for (i, out) in acc.chunks_exact_mut(x.n_tok).enumerate() {
-            let row = w.data[(r0 + i) * rb..(r0 + i + 1) * rb].as_ptr();
-            let mut t = t0;
-            while t + 4 <= t1 {
-                let q = [0, 1, 2, 3].map(|k| x.token(t + k).as_ptr());
-                let s = row4(row, q);
-                for k in 0..4 {
-                    out[t + k] = s[k] - x.sums[t + k];
-                }
-                t += 4;
-            }
-            while t < t1 {
-                out[t] = row1(row, [x.token(t).as_ptr()])[0] - x.sums[t];
-                t += 1;
-            }
-        }
-    }
-}
+use super::packed::{BLOCK, BLOCK_BYTES, PackedTernary, QuantizedRows, TOKEN_BLOCK, for_rows};
 
 /// Σ code·q over one row for N tokens with AVX2.
 ///
@@ -135,7 +98,8 @@ pub fn gemm_avx2(w: &PackedTernary, x: &QuantizedRows, r0: usize, acc: &mut [i32
 /// AVX-512 VNNI kernel; same contract as `packed::gemm_portable`.
 pub fn gemm_avx512_vnni(w: &PackedTernary, x: &QuantizedRows, r0: usize, acc: &mut [i32]) {
     assert!(
-        std::arch::is_x86_feature_detected!("avx512vnni") && std::arch::is_x86_feature_detected!("avx512bw"),
+        std::arch::is_x86_feature_detected!("avx512vnni")
+            && std::arch::is_x86_feature_detected!("avx512bw"),
         "AVX-512 VNNI kernel on a CPU without it"
     );
     assert_eq!(x.cols_padded, w.cols_padded);
@@ -143,9 +107,14 @@ pub fn gemm_avx512_vnni(w: &PackedTernary, x: &QuantizedRows, r0: usize, acc: &m
     if x.n_tok < 4 {
         // Decode: memory-bound, one row at a time.
         // SAFETY: AVX-512 F/BW/VNNI are present (checked above); whole blocks as for AVX2.
-        for_rows(w, x, r0, acc, |r, q| unsafe { row_vnni::<4>(r, q, blocks) }, |r, q| unsafe {
-            row_vnni::<1>(r, q, blocks)
-        });
+        for_rows(
+            w,
+            x,
+            r0,
+            acc,
+            |r, q| unsafe { row_vnni::<4>(r, q, blocks) },
+            |r, q| unsafe { row_vnni::<1>(r, q, blocks) },
+        );
         return;
     }
     // Prefill: two rows share each activation load.
@@ -186,7 +155,11 @@ pub fn gemm_avx512_vnni(w: &PackedTernary, x: &QuantizedRows, r0: usize, acc: &m
 /// # Safety
 /// As for `row_vnni`, for both rows.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn row_vnni_pair<const N: usize>(rows: [*const u8; 2], q: [*const i8; N], blocks: usize) -> [[i32; N]; 2] {
+unsafe fn row_vnni_pair<const N: usize>(
+    rows: [*const u8; 2],
+    q: [*const i8; N],
+    blocks: usize,
+) -> [[i32; N]; 2] {
     let mask = _mm512_set1_epi8(3);
     let mut acc = [[_mm512_setzero_si512(); N]; 2];
     for b in 0..blocks {
@@ -201,11 +174,11 @@ unsafe fn row_vnni_pair<const N: usize>(rows: [*const u8; 2], q: [*const i8; N],
             ]
         });
         for t in 0..N {
-            for k in 0..4 {
+            for (k, (c0, c1)) in c[0].iter().zip(&c[1]).enumerate() {
                 // SAFETY: columns 64·k .. +64 of block b, within the token's values.
                 let qv = unsafe { _mm512_loadu_si512(q[t].add(b * BLOCK + 64 * k).cast()) };
-                acc[0][t] = _mm512_dpbusd_epi32(acc[0][t], c[0][k], qv);
-                acc[1][t] = _mm512_dpbusd_epi32(acc[1][t], c[1][k], qv);
+                acc[0][t] = _mm512_dpbusd_epi32(acc[0][t], *c0, qv);
+                acc[1][t] = _mm512_dpbusd_epi32(acc[1][t], *c1, qv);
             }
         }
     }

@@ -407,7 +407,11 @@ impl Session {
                 result.stop_reason = StopReason::Cancelled;
                 break;
             }
-            let history = [self.tokens.as_slice(), &result.tokens].concat();
+            // Penalties look at the last repeat_last_n tokens only: copy no more than those.
+            let n = params.sampling.repeat_last_n;
+            let generated = &result.tokens[result.tokens.len().saturating_sub(n)..];
+            let context = &self.tokens[self.tokens.len().saturating_sub(n - generated.len())..];
+            let history = [context, generated].concat();
             let next = sampling::sample(&mut logits, &params.sampling, &history, &mut self.rng);
             result.tokens.push(next);
             if is_stop_token(next) {

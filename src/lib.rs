@@ -15,6 +15,7 @@
 //! # Ok::<(), bit_ttt::Error>(())
 //! ```
 
+pub mod adapt;
 pub mod config;
 pub mod error;
 pub mod ffi;

@@ -1,6 +1,7 @@
 //! Every ternary kernel this CPU runs equals the scalar oracle bit for bit on the int32
 //! accumulators: random shapes (sizes that are not multiples of any block), random and extreme
-//! activations, one token (decode) and several (prefill).
+//! activations, one token (decode) and several (prefill). The transposed product of the backward
+//! pass is checked the same way, bit for bit on its f32 outputs.
 
 use bit_ttt::kernels::Kernel;
 use bit_ttt::kernels::packed::{PackedTernary, QuantizedRows};
@@ -67,6 +68,68 @@ proptest! {
         // And mixed-sign weights under the same extremes.
         let mixed: Vec<i8> = (0..rows * cols).map(|i| (i % 3) as i8 - 1).collect();
         check_all_kernels(&mixed, rows, cols, &q, 5)?;
+    }
+}
+
+/// The transposed product (backward pass) of every kernel equals the oracle bit for bit.
+fn check_transposed(
+    t: &[i8],
+    rows: usize,
+    cols: usize,
+    dy: &[f32],
+    n_tok: usize,
+    dx0: &[f32],
+) -> Result<(), TestCaseError> {
+    let hf = pack_ternary(t, rows, cols);
+    let mut want = dx0.to_vec();
+    scalar::ternary_gemm_t(&hf, rows, cols, dy, n_tok, &mut want);
+    let packed = PackedTernary::from_hf(&hf, rows, cols);
+    for k in Kernel::available() {
+        let mut got = dx0.to_vec();
+        k.ternary_gemm_t(&packed, dy, n_tok, &mut got);
+        let same = got
+            .iter()
+            .zip(&want)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        prop_assert!(
+            same,
+            "kernel {} differs from the oracle ({}x{}, {} tokens)",
+            k.name(),
+            rows,
+            cols,
+            n_tok
+        );
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn transposed_random_shapes((rows, cols, n_tok) in (1usize..90, 1usize..700, 1usize..40),
+                                seed in any::<u64>()) {
+        let mut s = seed | 1;
+        let mut next = move || { s ^= s << 13; s ^= s >> 7; s ^= s << 17; s };
+        let t: Vec<i8> = (0..rows * cols).map(|_| (next() % 3) as i8 - 1).collect();
+        let mut uniform = move || (next() >> 11) as f32 / (1u64 << 53) as f32 * 2.0 - 1.0;
+        let dy: Vec<f32> = (0..n_tok * rows).map(|_| uniform() * 3.0).collect();
+        let dx0: Vec<f32> = (0..n_tok * cols).map(|_| uniform()).collect();
+        check_transposed(&t, rows, cols, &dy, n_tok, &dx0)?;
+    }
+}
+
+#[test]
+fn transposed_extremes() {
+    // Huge, tiny and signed-zero gradients; all-minus-one and all-zero weights.
+    for (rows, cols, n_tok) in [(7, 300, 17), (64, 513, 3), (1, 1, 1)] {
+        for fill in [-1i8, 0, 1] {
+            let t = vec![fill; rows * cols];
+            let dy: Vec<f32> = (0..n_tok * rows)
+                .map(|i| [1e30, -1e-30, -0.0, 0.0, 3.5][i % 5])
+                .collect();
+            check_transposed(&t, rows, cols, &dy, n_tok, &vec![0.0; n_tok * cols]).unwrap();
+        }
     }
 }
 

@@ -219,7 +219,8 @@ def save_weights(d: Path, tensors, shards: int):
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
 
 
-def reference(d: Path, spec, tok_fast):
+def reference(d: Path, spec, tok_fast, out_dir: Path = None):
+    out_dir = out_dir or d
     model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="eager")
     model.eval()
     # Quantized linears keep the checkpoint's dtype (bf16 fixtures); the reference runs in f32.
@@ -251,11 +252,11 @@ def reference(d: Path, spec, tok_fast):
                 {"role": "assistant", "content": "Hi."},
                 {"role": "user", "content": "日本語で？"}]
     chat = tok_fast.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    save_file(tensors, str(d / "reference.safetensors"))
+    save_file(tensors, str(out_dir / "reference.safetensors"))
     ref = {"prompts": prompts, "score": {"text": SCORE_TEXT, "ids": ids, "nll": nll.tolist()},
            "chat": {"messages": messages, "add_generation_prompt": True, "text": chat},
            "generator": "tools/make_fixtures.py", "torch": torch.__version__}
-    (d / "reference.json").write_text(json.dumps(ref, indent=1, ensure_ascii=False))
+    (out_dir / "reference.json").write_text(json.dumps(ref, indent=1, ensure_ascii=False))
 
 
 def main():

@@ -8,6 +8,8 @@ use bit_ttt::{
     ChatMessage, GenerateParams, Model, ModelParams, SamplingParams, Session, SessionParams,
 };
 use clap::{Args, Parser, Subcommand};
+
+mod sample;
 use serde_json::json;
 
 #[derive(Parser)]
@@ -50,9 +52,9 @@ struct ConvertArgs {
 #[derive(Args)]
 struct ModelArgs {
     /// Hugging Face model folder (config.json, *.safetensors, tokenizer.json), or a file
-    /// written by `bit-ttt convert`.
+    /// written by `bit-ttt convert`. Default: the sample model shipped in models/sample.
     #[arg(long, short)]
-    model: PathBuf,
+    model: Option<PathBuf>,
     /// Worker threads (0 = one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -67,6 +69,14 @@ struct ModelArgs {
     int8_head: bool,
 }
 
+/// The model a command runs: `--model`, or else the shipped sample model.
+fn model_path(arg: &Option<PathBuf>) -> bit_ttt::Result<PathBuf> {
+    match arg {
+        Some(p) => Ok(p.clone()),
+        None => sample::sample_model(),
+    }
+}
+
 impl ModelArgs {
     fn load(&self) -> bit_ttt::Result<(Model, Session)> {
         let kernel = self
@@ -75,7 +85,7 @@ impl ModelArgs {
             .map(bit_ttt::kernels::Kernel::parse)
             .transpose()?;
         let model = Model::load(
-            &self.model,
+            model_path(&self.model)?,
             &ModelParams {
                 n_threads: self.threads,
                 kernel,
@@ -189,9 +199,9 @@ struct ScoreArgs {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// Hugging Face model folder.
+    /// Hugging Face model folder or pre-packed file (default: the sample model).
     #[arg(long, short)]
-    model: PathBuf,
+    model: Option<PathBuf>,
     /// Thread counts to measure, e.g. 1,2.
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     threads: Vec<usize>,
@@ -425,12 +435,13 @@ fn bench(a: &BenchArgs) -> bit_ttt::Result<()> {
             "threads", "kernel", "prefill tok/s", "decode tok/s", "load s", "peak RSS"
         );
     }
+    let path = model_path(&a.model)?;
     // Bandwidth first: its buffer must not count in the models' peak RSS.
     let bandwidths: Vec<f64> = a.threads.iter().map(|&t| read_bandwidth(t)).collect();
     for (&threads, &bandwidth) in a.threads.iter().zip(&bandwidths) {
         let start = std::time::Instant::now();
         let model = Model::load(
-            &a.model,
+            &path,
             &ModelParams {
                 n_threads: threads,
                 kernel,

@@ -10,6 +10,7 @@ pub mod int8;
 pub mod neon;
 pub mod packed;
 pub mod scalar;
+pub mod transposed;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
 

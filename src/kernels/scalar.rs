@@ -54,6 +54,32 @@ pub fn ternary_gemm(
     }
 }
 
+/// The transposed product: `dx[t][c] += Σ_r dy[t][r] · T[r][c]` for a ternary matrix in the
+/// Hugging Face packed layout, `dy` `[n_tok, rows]`, `dx` `[n_tok, cols]`. Each output sums its
+/// rows in ascending order from zero, then is added to `dx`.
+pub fn ternary_gemm_t(
+    packed: &[u8],
+    rows: usize,
+    cols: usize,
+    dy: &[f32],
+    n_tok: usize,
+    dx: &mut [f32],
+) {
+    let slab = crate::quant::packed_rows(rows);
+    assert_eq!(packed.len(), slab * cols, "ternary_gemm_t: packed size");
+    assert_eq!(dy.len(), n_tok * rows, "ternary_gemm_t: dy size");
+    assert_eq!(dx.len(), n_tok * cols, "ternary_gemm_t: dx size");
+    dx.par_chunks_mut(cols).enumerate().for_each(|(t, out)| {
+        for (c, o) in out.iter_mut().enumerate() {
+            let mut sum = 0.0f32;
+            for r in 0..rows {
+                sum += dy[t * rows + r] * f32::from(packed_value(packed, slab, cols, r, c));
+            }
+            *o += sum;
+        }
+    });
+}
+
 /// f32 dot product.
 ///
 /// Eight interleaved partial sums let the compiler vectorise the loop; the summation order is

@@ -6,7 +6,9 @@ use rayon::prelude::*;
 use super::Weights;
 use super::kv_cache::KvCache;
 use super::linear::{Activations, Linear};
+use super::lora::{Adapters, Lora};
 use super::rope::Rope;
+use super::tape::{LayerTape, Tape};
 use crate::config::Activation;
 use crate::error::{Error, Result};
 use crate::kernels::int8::{self, Int8Matrix};
@@ -19,6 +21,9 @@ pub struct Transformer {
     kernel: Kernel,
     /// An int8 copy of the output head, used instead of it when present.
     head_int8: Option<Int8Matrix>,
+    /// BitLinear inputs stay f32 (no int8 quantiser): the smooth function the finite-difference
+    /// tests of `adapt` differentiate. Never set for inference.
+    float_activations: bool,
 }
 
 fn norm_rows(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
@@ -38,7 +43,19 @@ impl Transformer {
             rope,
             kernel,
             head_int8,
+            float_activations: false,
         }
+    }
+
+    /// See `float_activations`; for gradient tests.
+    pub fn with_float_activations(mut self) -> Self {
+        self.float_activations = true;
+        self
+    }
+
+    /// True in the gradient-test mode (BitLinear inputs not quantised).
+    pub fn float_activations(&self) -> bool {
+        self.float_activations
     }
 
     /// True when logits come from the int8 copy of the head.
@@ -56,15 +73,51 @@ impl Transformer {
         self.kernel
     }
 
-    fn linear(&self, l: &Linear, input: &Activations) -> Vec<f32> {
+    /// One projection: the frozen linear plus, when the layer is adapted, (α/r)·B·(A·x). With a
+    /// tape, A·x is kept for the backward pass.
+    fn project(
+        &self,
+        (l, lora): (&Linear, Option<&Lora>),
+        input: &Activations,
+        scale: f32,
+        keep_u: Option<&mut Option<Vec<f32>>>,
+    ) -> Vec<f32> {
         let mut out = vec![0.0; input.n_tok * l.rows()];
-        l.forward(input, &mut out, self.kernel);
+        if self.float_activations {
+            l.forward_float(input.x, input.n_tok, &mut out);
+        } else {
+            l.forward(input, &mut out, self.kernel);
+        }
+        if let Some(lora) = lora {
+            let u = crate::adapt::ops::lora_forward(
+                &lora.a,
+                &lora.b,
+                lora.a.len() / lora.cols,
+                scale,
+                input.x,
+                &mut out,
+            );
+            if let Some(keep) = keep_u {
+                *keep = Some(u);
+            }
+        }
         out
     }
 
     /// Runs `tokens` at positions `cache.len()..`, appends their keys and values to the cache
     /// and returns the final-normed hidden states `[tokens.len(), hidden]`.
     pub fn forward(&self, cache: &mut KvCache, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.forward_with(cache, tokens, None, None)
+    }
+
+    /// `forward` with a session's adapters, recording what `adapt` needs into `tape` when given.
+    pub fn forward_with(
+        &self,
+        cache: &mut KvCache,
+        tokens: &[u32],
+        adapters: Option<&Adapters>,
+        mut tape: Option<&mut Tape>,
+    ) -> Result<Vec<f32>> {
         let cfg = &self.weights.config;
         let hidden = cfg.hidden_size;
         let n = tokens.len();
@@ -92,29 +145,57 @@ impl Transformer {
             }
             self.weights.embed.row_into(*t as usize, row);
         }
+        if let Some(tape) = tape.as_deref_mut() {
+            tape.start = cache.len();
+            tape.n = n;
+            tape.layers.clear();
+        }
+        let scale = adapters.map_or(0.0, Adapters::scale);
         for (li, layer) in self.weights.layers.iter().enumerate() {
+            let lora = |p: usize| adapters.and_then(|a| a.get(li, p));
+            let mut rec = tape
+                .as_deref()
+                .is_some_and(|t| li >= t.from_layer)
+                .then(LayerTape::default);
+            let mut u: [Option<Vec<f32>>; 7] = Default::default();
+            let [u_q, u_k, u_v, u_o, u_gate, u_up, u_down] = &mut u;
+            let on = rec.is_some();
+
             // Attention.
             let h = norm_rows(&x, &layer.input_norm, cfg.rms_norm_eps);
             let h_in = Activations::new(&h, n);
-            let mut q = self.linear(&layer.q, &h_in);
-            let mut k = self.linear(&layer.k, &h_in);
-            let v = self.linear(&layer.v, &h_in);
+            let mut q = self.project((&layer.q, lora(0)), &h_in, scale, on.then_some(u_q));
+            let mut k = self.project((&layer.k, lora(1)), &h_in, scale, on.then_some(u_k));
+            let v = self.project((&layer.v, lora(2)), &h_in, scale, on.then_some(u_v));
             self.apply_rope(&mut q, &mut k, cache.len());
             cache.k[li].extend_from_slice(&k);
             cache.v[li].extend_from_slice(&v);
-            let mut a = self.attention(&q, &cache.k[li], &cache.v[li], cache.len(), n);
-            if let Some(w) = &layer.attn_sub_norm {
-                a = norm_rows(&a, w, cfg.rms_norm_eps);
+            let a = self.attention(&q, &cache.k[li], &cache.v[li], cache.len(), n);
+            let a_n = match &layer.attn_sub_norm {
+                Some(w) => norm_rows(&a, w, cfg.rms_norm_eps),
+                None => a.clone(),
+            };
+            let o = self.project(
+                (&layer.o, lora(3)),
+                &Activations::new(&a_n, n),
+                scale,
+                on.then_some(u_o),
+            );
+            if let Some(r) = rec.as_mut() {
+                r.x = x.clone();
+                r.h = h.clone();
+                r.q = q;
+                r.attn = a;
+                r.attn_normed = a_n;
             }
-            let o = self.linear(&layer.o, &Activations::new(&a, n));
             x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
 
             // Feed-forward.
             let h2 = norm_rows(&x, &layer.post_attention_norm, cfg.rms_norm_eps);
             let h2_in = Activations::new(&h2, n);
-            let gate = self.linear(&layer.gate, &h2_in);
-            let up = self.linear(&layer.up, &h2_in);
-            let mut m: Vec<f32> = gate
+            let gate = self.project((&layer.gate, lora(4)), &h2_in, scale, on.then_some(u_gate));
+            let up = self.project((&layer.up, lora(5)), &h2_in, scale, on.then_some(u_up));
+            let m: Vec<f32> = gate
                 .iter()
                 .zip(&up)
                 .map(|(&g, &u)| match cfg.activation {
@@ -125,14 +206,37 @@ impl Transformer {
                     Activation::Silu => g / (1.0 + (-g).exp()) * u,
                 })
                 .collect();
-            if let Some(w) = &layer.ffn_sub_norm {
-                m = norm_rows(&m, w, cfg.rms_norm_eps);
+            let m_n = match &layer.ffn_sub_norm {
+                Some(w) => norm_rows(&m, w, cfg.rms_norm_eps),
+                None => m.clone(),
+            };
+            let d = self.project(
+                (&layer.down, lora(6)),
+                &Activations::new(&m_n, n),
+                scale,
+                on.then_some(u_down),
+            );
+            if let Some(mut r) = rec {
+                r.x_mid = x.clone();
+                r.h2 = h2;
+                r.gate = gate;
+                r.up = up;
+                r.glu = m;
+                r.glu_normed = m_n;
+                r.lora_u = u;
+                tape.as_deref_mut()
+                    .expect("recording implies a tape")
+                    .layers
+                    .push(r);
             }
-            let d = self.linear(&layer.down, &Activations::new(&m, n));
             x.iter_mut().zip(&d).for_each(|(x, d)| *x += d);
         }
         cache.advance(n);
-        Ok(norm_rows(&x, &self.weights.final_norm, cfg.rms_norm_eps))
+        let out = norm_rows(&x, &self.weights.final_norm, cfg.rms_norm_eps);
+        if let Some(tape) = tape {
+            tape.x_final = x;
+        }
+        Ok(out)
     }
 
     /// Logits `[n_tok, vocab]` for final-normed hidden states.
@@ -162,6 +266,24 @@ impl Transformer {
                 .for_each(|h| scalar::rope_half_split(h, &cos, &sin));
             kt.chunks_exact_mut(d)
                 .for_each(|h| scalar::rope_half_split(h, &cos, &sin));
+        }
+    }
+
+    /// The transpose of `apply_rope` on gradients of q and k at positions `start..`.
+    pub fn rope_backward(&self, dq: &mut [f32], dk: &mut [f32], start: usize) {
+        let cfg = &self.weights.config;
+        let d = cfg.head_dim;
+        let mut cos = vec![0.0; self.rope.half_dim()];
+        let mut sin = vec![0.0; self.rope.half_dim()];
+        for (t, (qt, kt)) in dq
+            .chunks_exact_mut(cfg.q_dim())
+            .zip(dk.chunks_exact_mut(cfg.kv_dim()))
+            .enumerate()
+        {
+            self.rope.cos_sin(start + t, &mut cos, &mut sin);
+            qt.chunks_exact_mut(d)
+                .chain(kt.chunks_exact_mut(d))
+                .for_each(|h| crate::adapt::ops::rope_backward(h, &cos, &sin));
         }
     }
 

@@ -5,7 +5,7 @@ use std::cell::OnceCell;
 
 use crate::kernels::Kernel;
 use crate::kernels::dense::{self, DenseView};
-use crate::kernels::packed::{PackedTernary, QuantizedRows};
+use crate::kernels::packed::{BLOCK, BLOCK_BYTES, PackedTernary, QuantizedRows};
 use crate::loader::bytes::Bytes;
 use crate::loader::safetensors::DType;
 
@@ -117,6 +117,44 @@ impl Linear {
         match self {
             Linear::Ternary(t) => t.packed.data.len() + 4,
             Linear::Dense(d) => d.bytes(),
+        }
+    }
+
+    /// The effective weight `[rows, cols]` as f32 (γ·T for ternary): for the gradient tests'
+    /// float mode and for dense backward products.
+    pub fn dequantized(&self) -> Vec<f32> {
+        let (rows, cols) = (self.rows(), self.cols());
+        let mut w = vec![0.0f32; rows * cols];
+        match self {
+            Linear::Ternary(t) => {
+                let rb = t.packed.row_bytes();
+                for (r, out) in w.chunks_exact_mut(cols).enumerate() {
+                    let row = &t.packed.data[r * rb..(r + 1) * rb];
+                    for (c, o) in out.iter_mut().enumerate() {
+                        let byte = row[(c / BLOCK) * BLOCK_BYTES + c % 64];
+                        let code = (byte >> (2 * ((c % BLOCK) / 64))) & 3;
+                        *o = (f32::from(code) - 1.0) * t.gamma;
+                    }
+                }
+            }
+            Linear::Dense(d) => {
+                for (r, out) in w.chunks_exact_mut(cols).enumerate() {
+                    d.row_into(r, out);
+                }
+            }
+        }
+        w
+    }
+
+    /// `out[t] = W · x[t]` with f32 inputs (no activation quantiser): the gradient tests' mode.
+    pub fn forward_float(&self, x: &[f32], n_tok: usize, out: &mut [f32]) {
+        let (rows, cols) = (self.rows(), self.cols());
+        let w = self.dequantized();
+        for t in 0..n_tok {
+            for r in 0..rows {
+                out[t * rows + r] =
+                    crate::kernels::scalar::dot(&w[r * cols..][..cols], &x[t * cols..][..cols]);
+            }
         }
     }
 

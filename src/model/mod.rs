@@ -3,7 +3,9 @@
 pub mod forward;
 pub mod kv_cache;
 pub mod linear;
+pub mod lora;
 pub mod rope;
+pub mod tape;
 
 use crate::config::Config;
 use linear::{FloatMatrix, Linear};

@@ -1,0 +1,94 @@
+//! The transposed ternary product the backward pass needs: `dx[t] += Σ_r dy[t][r] · T[r]`, with
+//! f32 gradients `dy` (the straight-through estimator passes them through the int8 activation
+//! quantiser unchanged, so they are never quantised).
+//!
+//! Work is tiled as (16 tokens) × (one 256-column block of the kernel layout): each weight block
+//! is decoded once to ±1/0 floats and then used by 16 tokens from an L1-resident accumulator.
+//! Every product is exact (dy · ±1 or 0), and each output sums its rows in ascending order from
+//! zero before being added to `dx`, so every path equals the scalar oracle bit for bit.
+
+use rayon::prelude::*;
+
+use super::Kernel;
+use super::packed::{BLOCK, BLOCK_BYTES, PackedTernary};
+
+/// Tokens per tile.
+const TOKENS: usize = 16;
+
+/// One tile: tokens `t0..t0 + acc.len() / BLOCK`, column block `b`; `acc` is `[tokens][BLOCK]`.
+#[inline(always)]
+fn tile(w: &PackedTernary, dy: &[f32], t0: usize, b: usize, acc: &mut [f32]) {
+    let rb = w.row_bytes();
+    let mut vals = [0.0f32; BLOCK];
+    for r in 0..w.rows {
+        let block = &w.data[r * rb + b * BLOCK_BYTES..][..BLOCK_BYTES];
+        for (k, quarter) in vals.chunks_exact_mut(64).enumerate() {
+            for (v, &byte) in quarter.iter_mut().zip(block) {
+                *v = f32::from((byte >> (2 * k)) & 3) - 1.0;
+            }
+        }
+        for (t, a) in acc.chunks_exact_mut(BLOCK).enumerate() {
+            let d = dy[(t0 + t) * w.rows + r];
+            for (a, &v) in a.iter_mut().zip(&vals) {
+                *a += d * v;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn tile_avx2(w: &PackedTernary, dy: &[f32], t0: usize, b: usize, acc: &mut [f32]) {
+    tile(w, dy, t0, b, acc)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn tile_avx512(w: &PackedTernary, dy: &[f32], t0: usize, b: usize, acc: &mut [f32]) {
+    tile(w, dy, t0, b, acc)
+}
+
+impl Kernel {
+    fn tile_t(self, w: &PackedTernary, dy: &[f32], t0: usize, b: usize, acc: &mut [f32]) {
+        match self {
+            // SAFETY: select() only hands out kernels whose features this CPU has, and these
+            // functions need exactly the features their kernel requires.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { tile_avx2(w, dy, t0, b, acc) },
+            // SAFETY: as above; the VNNI kernel implies AVX-512 F and BW.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni => unsafe { tile_avx512(w, dy, t0, b, acc) },
+            // NEON is part of the aarch64 baseline: the generic loop vectorises to it.
+            _ => tile(w, dy, t0, b, acc),
+        }
+    }
+
+    /// `dx[t][c] += Σ_r dy[t][r] · T[r][c]` for `n_tok` tokens: `dy` is `[n_tok, rows]`, `dx`
+    /// is `[n_tok, cols]`. The caller applies γ.
+    pub fn ternary_gemm_t(self, w: &PackedTernary, dy: &[f32], n_tok: usize, dx: &mut [f32]) {
+        assert_eq!(dy.len(), n_tok * w.rows, "ternary_gemm_t: dy size");
+        assert_eq!(dx.len(), n_tok * w.cols, "ternary_gemm_t: dx size");
+        let blocks = w.cols_padded / BLOCK;
+        let tiles: Vec<(usize, usize)> = (0..n_tok)
+            .step_by(TOKENS)
+            .flat_map(|t0| (0..blocks).map(move |b| (t0, b)))
+            .collect();
+        let done: Vec<(usize, usize, Vec<f32>)> = tiles
+            .into_par_iter()
+            .map(|(t0, b)| {
+                let n = TOKENS.min(n_tok - t0);
+                let mut acc = vec![0.0f32; n * BLOCK];
+                self.tile_t(w, dy, t0, b, &mut acc);
+                (t0, b, acc)
+            })
+            .collect();
+        for (t0, b, acc) in done {
+            let c0 = b * BLOCK;
+            let width = BLOCK.min(w.cols - c0);
+            for (t, a) in acc.chunks_exact(BLOCK).enumerate() {
+                let row = &mut dx[(t0 + t) * w.cols + c0..][..width];
+                row.iter_mut().zip(a).for_each(|(x, a)| *x += a);
+            }
+        }
+    }
+}

@@ -110,11 +110,6 @@
 #define BLOCK_BYTES (BLOCK / 4)
 
 /**
- * Bit mask of all seven projections.
- */
-#define ALL_PROJECTIONS 127
-
-/**
  * A ternary matrix-product implementation.
  */
 typedef struct Kernel Kernel;

@@ -5,6 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+mod adapt;
+
+use crate::adapt::Trainer;
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::kv_cache::KvCache;
 use crate::sampling::{self, Rng, SamplingParams};
@@ -135,10 +138,17 @@ impl ScoreResult {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResetParts(pub u32);
 
+impl std::ops::BitOr for ResetParts {
+    type Output = ResetParts;
+    fn bitor(self, other: ResetParts) -> ResetParts {
+        ResetParts(self.0 | other.0)
+    }
+}
+
 impl ResetParts {
     /// Tokens in context and the KV cache.
     pub const CONTEXT: ResetParts = ResetParts(1);
-    /// Adapters learned by `adapt` (none until adapt exists).
+    /// Adapters learned by `adapt` and their optimiser state.
     pub const ADAPTERS: ResetParts = ResetParts(2);
     /// The sampler's generator, back to the session's seed.
     pub const RNG: ResetParts = ResetParts(4);
@@ -188,6 +198,10 @@ pub struct Session {
     seed: u64,
     cancel: Arc<AtomicBool>,
     n_batch: usize,
+    /// Adapters trained by `adapt`, with their optimiser state.
+    trainer: Option<Trainer>,
+    /// The adapters changed since the KV cache was filled: recompute it before next use.
+    kv_stale: bool,
 }
 
 impl Session {
@@ -215,6 +229,8 @@ impl Session {
             seed: params.seed,
             cancel: Arc::new(AtomicBool::new(false)),
             n_batch: params.n_batch,
+            trainer: None,
+            kv_stale: false,
         })
     }
 
@@ -243,13 +259,19 @@ impl Session {
             self.cache.clear();
             self.tokens.clear();
             self.unfed.clear();
+            self.kv_stale = false;
+        }
+        if parts.contains(ResetParts::ADAPTERS) && self.trainer.take().is_some() {
+            // The cache holds keys and values computed with the adapters just dropped.
+            self.kv_stale = !self.tokens.is_empty();
         }
         if parts.contains(ResetParts::RNG) {
             self.rng = Rng::new(self.seed);
         }
     }
 
-    /// The session's context and generator as a blob for `load_state` (see `state`).
+    /// The session's context, generator, adapters and optimiser state as a blob for
+    /// `load_state` (see `state`).
     pub fn save_state(&self) -> Vec<u8> {
         SessionState {
             fingerprint: self.model.fingerprint(),
@@ -259,6 +281,8 @@ impl Session {
             kv_dim: self.cache.kv_dim(),
             k: self.cache.k.clone(),
             v: self.cache.v.clone(),
+            kv_stale: self.kv_stale,
+            trainer: self.trainer.as_ref().map(Trainer::to_blob),
         }
         .encode()
     }
@@ -278,7 +302,14 @@ impl Session {
                 ),
             ));
         }
+        let trainer = s
+            .trainer
+            .as_ref()
+            .map(|t| Trainer::from_blob(&self.model.transformer().weights, t))
+            .transpose()?;
         self.cache.restore(s.k, s.v, s.tokens.len());
+        self.trainer = trainer;
+        self.kv_stale = s.kv_stale;
         self.tokens = s.tokens;
         self.unfed = s.unfed;
         self.rng = Rng::from_state(s.rng);
@@ -292,13 +323,18 @@ impl Session {
     /// Runs `tokens` through the model in chunks of n_batch; returns the logits of the last one.
     fn feed(&mut self, tokens: &[TokenId]) -> Result<Option<Vec<f32>>> {
         let mut last = None;
+        if let Err(e) = self.refresh_kv() {
+            return if e.kind() == ErrorKind::Cancelled { Ok(None) } else { Err(e) };
+        }
         for chunk in tokens.chunks(self.n_batch) {
             if self.cancelled() {
                 return Ok(None);
             }
             let model = self.model.clone();
             let cache = &mut self.cache;
-            let hidden = model.compute(|| model.transformer().forward(cache, chunk))?;
+            let adapters = self.trainer.as_ref().map(|t| &t.adapters);
+            let hidden =
+                model.compute(|| model.transformer().forward_with(cache, chunk, adapters, None))?;
             self.tokens.extend_from_slice(chunk);
             let h = model.config().hidden_size;
             last = Some(model.compute(|| model.transformer().logits(&hidden[hidden.len() - h..])));
@@ -309,11 +345,14 @@ impl Session {
     /// Logits `[tokens.len(), vocab]` of every position after appending `tokens` to the context.
     pub fn eval(&mut self, tokens: &[TokenId]) -> Result<Vec<f32>> {
         self.check_fits(tokens.len())?;
+        self.refresh_kv()?;
         let mut all = Vec::with_capacity(tokens.len() * self.model.config().vocab_size);
         for chunk in tokens.chunks(self.n_batch) {
             let model = self.model.clone();
             let cache = &mut self.cache;
-            let hidden = model.compute(|| model.transformer().forward(cache, chunk))?;
+            let adapters = self.trainer.as_ref().map(|t| &t.adapters);
+            let hidden =
+                model.compute(|| model.transformer().forward_with(cache, chunk, adapters, None))?;
             self.tokens.extend_from_slice(chunk);
             all.extend(model.compute(|| model.transformer().logits(&hidden)));
         }
@@ -509,7 +548,12 @@ impl Session {
             if self.cancelled() {
                 return Err(Error::new(ErrorKind::Cancelled, "score was cancelled"));
             }
-            let hidden = model.compute(|| model.transformer().forward(&mut cache, chunk))?;
+            let adapters = self.trainer.as_ref().map(|t| &t.adapters);
+            let hidden = model.compute(|| {
+                model
+                    .transformer()
+                    .forward_with(&mut cache, chunk, adapters, None)
+            })?;
             // Logits a few rows at a time: never a [tokens, vocab] matrix for large vocabularies.
             for (ri, rows) in hidden.chunks(16 * h).enumerate() {
                 let logits = model.compute(|| model.transformer().logits(rows));

@@ -1,5 +1,6 @@
-//! The saved state of a session: tokens in context, KV cache and the sampler's generator, as a
-//! versioned, checksummed blob tied to the model's fingerprint. Decoding validates everything
+//! The saved state of a session: tokens in context, KV cache, the sampler's generator and (from
+//! version 2) the adapters with their optimiser moments, as a versioned, checksummed blob tied
+//! to the model's fingerprint. Version 1 blobs (no adapters) still load. Decoding validates everything
 //! before anything is applied, so a bad blob leaves the session as it was.
 
 use crate::error::{Error, ErrorKind, Result};
@@ -7,7 +8,19 @@ use crate::loader::Fnv64;
 
 const MAGIC: &[u8; 8] = b"BITTTST\0";
 /// Bumped whenever the layout changes; older versions are refused with a clear message.
-pub const STATE_VERSION: u32 = 1;
+pub const STATE_VERSION: u32 = 2;
+
+/// A session's adapters and optimiser in a blob: the shape, the AdamW step count, and the
+/// tensors of adapters, initial adapters, first and second moments, in that order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainerBlob {
+    pub rank: u64,
+    pub alpha: f32,
+    pub first_layer: u64,
+    pub projections: u32,
+    pub step: u64,
+    pub tensors: Vec<Vec<f32>>,
+}
 
 /// Everything a session needs to continue exactly where it was.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,6 +33,10 @@ pub struct SessionState {
     /// Per layer: keys then values, `tokens.len() * kv_dim` each.
     pub k: Vec<Vec<f32>>,
     pub v: Vec<Vec<f32>>,
+    /// The KV cache was computed with adapters that changed since (version 2).
+    pub kv_stale: bool,
+    /// Adapters and optimiser state (version 2).
+    pub trainer: Option<TrainerBlob>,
 }
 
 fn incompatible(msg: impl Into<String>) -> Error {
@@ -53,6 +70,22 @@ impl SessionState {
                 out.extend_from_slice(&x.to_le_bytes());
             }
         }
+        out.push(u8::from(self.kv_stale));
+        out.push(u8::from(self.trainer.is_some()));
+        if let Some(t) = &self.trainer {
+            out.extend_from_slice(&t.rank.to_le_bytes());
+            out.extend_from_slice(&t.alpha.to_le_bytes());
+            out.extend_from_slice(&t.first_layer.to_le_bytes());
+            out.extend_from_slice(&t.projections.to_le_bytes());
+            out.extend_from_slice(&t.step.to_le_bytes());
+            out.extend_from_slice(&(t.tensors.len() as u64).to_le_bytes());
+            for tensor in &t.tensors {
+                out.extend_from_slice(&(tensor.len() as u64).to_le_bytes());
+                for x in tensor {
+                    out.extend_from_slice(&x.to_le_bytes());
+                }
+            }
+        }
         let mut h = Fnv64::default();
         h.write(&out);
         out.extend_from_slice(&h.finish().to_le_bytes());
@@ -77,7 +110,7 @@ impl SessionState {
         }
         let mut r = Reader { buf: &body[8..] };
         let version = r.u32()?;
-        if version != STATE_VERSION {
+        if version != STATE_VERSION && version != 1 {
             return Err(incompatible(format!(
                 "session state version {version} is not supported (this library writes {STATE_VERSION})"
             )));
@@ -107,6 +140,29 @@ impl SessionState {
         };
         let k = read_layers()?;
         let v = read_layers()?;
+        let (mut kv_stale, mut trainer) = (false, None);
+        if version >= 2 {
+            kv_stale = r.flag()?;
+            if r.flag()? {
+                let (rank, alpha, first_layer) = (r.u64()?, r.f32()?, r.u64()?);
+                let (projections, step) = (r.u32()?, r.u64()?);
+                let n = r.len()?;
+                let tensors = (0..n)
+                    .map(|_| {
+                        let len = r.len()?;
+                        (0..len).map(|_| r.f32()).collect::<Result<Vec<_>>>()
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                trainer = Some(TrainerBlob {
+                    rank,
+                    alpha,
+                    first_layer,
+                    projections,
+                    step,
+                    tensors,
+                });
+            }
+        }
         if !r.buf.is_empty() {
             return Err(incompatible("session state has trailing bytes"));
         }
@@ -118,6 +174,8 @@ impl SessionState {
             kv_dim,
             k,
             v,
+            kv_stale,
+            trainer,
         })
     }
 }
@@ -140,6 +198,13 @@ impl Reader<'_> {
     }
     fn u64(&mut self) -> Result<u64> {
         self.take::<8>().map(u64::from_le_bytes)
+    }
+    fn flag(&mut self) -> Result<bool> {
+        match self.take::<1>()?[0] {
+            0 => Ok(false),
+            1 => Ok(true),
+            b => Err(incompatible(format!("session state has a bad flag byte {b}"))),
+        }
     }
     fn f32(&mut self) -> Result<f32> {
         self.take::<4>().map(f32::from_le_bytes)
@@ -169,6 +234,15 @@ mod tests {
             kv_dim: 2,
             k: vec![vec![0.5; 6], vec![1.5; 6]],
             v: vec![vec![-0.5; 6], vec![2.5; 6]],
+            kv_stale: true,
+            trainer: Some(TrainerBlob {
+                rank: 2,
+                alpha: 4.0,
+                first_layer: 1,
+                projections: 0x7f,
+                step: 3,
+                tensors: vec![vec![0.25; 5], vec![], vec![-1.0; 2]],
+            }),
         }
     }
 

@@ -6,7 +6,8 @@ pub mod backward;
 pub mod ops;
 pub mod optim;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
+use crate::state::TrainerBlob;
 use crate::model::Weights;
 use crate::model::forward::Transformer;
 use crate::model::kv_cache::KvCache;
@@ -168,6 +169,16 @@ pub struct AdaptResult {
     pub seconds: f64,
 }
 
+/// What one optimiser step saw.
+pub struct Step {
+    /// Mean next-token loss of the window before the step.
+    pub loss: f32,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f32,
+    /// Final-normed hidden states of the window (before the step), for its logits.
+    pub hidden: Vec<f32>,
+}
+
 /// A session's trainable state: adapters, their initial values and the optimiser.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Trainer {
@@ -187,15 +198,15 @@ impl Trainer {
     }
 
     /// One optimiser step on one window of tokens whose keys and values before it are in
-    /// `cache` (constants), or none. Returns (mean loss, gradient norm); the window's keys and
-    /// values are appended to `cache`.
+    /// `cache` (constants), or none. The window's keys and values (computed with the adapters
+    /// before the step) are appended to `cache`.
     pub fn step(
         &mut self,
         tf: &Transformer,
         cache: &mut KvCache,
         window: &[u32],
         p: &AdaptParams,
-    ) -> Result<(f32, f32)> {
+    ) -> Result<Step> {
         if window.len() < 2 {
             return Err(Error::invalid_argument(
                 "adapt: a training window needs at least 2 tokens",
@@ -221,7 +232,81 @@ impl Trainer {
         let norm = self
             .opt
             .step(&mut self.adapters, &mut grads, &self.init, &p.hyper());
-        Ok((loss, norm as f32))
+        Ok(Step {
+            loss,
+            grad_norm: norm as f32,
+            hidden,
+        })
+    }
+}
+
+impl Trainer {
+    /// For a saved session state.
+    pub fn to_blob(&self) -> TrainerBlob {
+        let sh = self.adapters.shape;
+        TrainerBlob {
+            rank: sh.rank as u64,
+            alpha: sh.alpha,
+            first_layer: sh.first_layer as u64,
+            projections: sh.projections,
+            step: self.opt.step,
+            tensors: [&self.adapters, &self.init, &self.opt.m, &self.opt.v]
+                .iter()
+                .flat_map(|a| a.tensors().map(<[f32]>::to_vec))
+                .collect(),
+        }
+    }
+
+    /// From a saved session state, checked against this model's shapes.
+    pub fn from_blob(weights: &Weights, b: &TrainerBlob) -> Result<Trainer> {
+        let bad = |m: String| Error::new(ErrorKind::IncompatibleState, m);
+        let layers = weights.layers.len() as u64;
+        if b.rank == 0
+            || b.rank > 1024
+            || b.first_layer >= layers
+            || b.projections == 0
+            || b.projections & !ALL_PROJECTIONS != 0
+            || !b.alpha.is_finite()
+            || b.alpha <= 0.0
+        {
+            return Err(bad(format!(
+                "session state has invalid adapters (rank {}, alpha {}, first layer {} of {layers}, projections {:#x})",
+                b.rank, b.alpha, b.first_layer, b.projections
+            )));
+        }
+        let shape = AdapterShape {
+            rank: b.rank as usize,
+            alpha: b.alpha,
+            first_layer: b.first_layer as usize,
+            projections: b.projections,
+        };
+        let mut t = Trainer::new(weights, shape, 0);
+        t.opt.step = b.step;
+        let per = t.adapters.tensors().count();
+        if b.tensors.len() != 4 * per {
+            return Err(bad(format!(
+                "session state has {} adapter tensors, this model's adapters need {}",
+                b.tensors.len(),
+                4 * per
+            )));
+        }
+        let mut src = b.tensors.iter();
+        let mut result = Ok(());
+        for target in [&mut t.adapters, &mut t.init, &mut t.opt.m, &mut t.opt.v] {
+            target.for_each_tensor_mut(|dst| {
+                let s = src.next().expect("count checked");
+                if s.len() == dst.len() {
+                    dst.copy_from_slice(s);
+                } else if result.is_ok() {
+                    result = Err(bad(format!(
+                        "session state has an adapter tensor of {} values where {} are needed",
+                        s.len(),
+                        dst.len()
+                    )));
+                }
+            });
+        }
+        result.map(|()| t)
     }
 }
 

@@ -197,7 +197,7 @@ fn training_lowers_the_loss_step_by_step() {
     let mut losses = Vec::new();
     for _ in 0..8 {
         let mut c = KvCache::new(cfg.num_layers, cfg.kv_dim(), 64);
-        losses.push(trainer.step(&tf, &mut c, &text, &p).unwrap().0);
+        losses.push(trainer.step(&tf, &mut c, &text, &p).unwrap().loss);
     }
     assert!(
         losses.windows(2).all(|w| w[1] < w[0]),

@@ -1,0 +1,164 @@
+//! `adapt` on a session: training its adapters on text, keeping the KV cache consistent with
+//! them, and scoring with them.
+
+use super::{ClearOnDrop, Session};
+use crate::TokenId;
+use crate::adapt::{self, AdaptParams, AdaptProgress, AdaptResult, Trainer};
+use crate::error::{Error, ErrorKind, Result};
+use crate::model::kv_cache::KvCache;
+
+impl Session {
+    /// Trains the session's adapters on `text` (BOS added as the tokenizer adds it): windows
+    /// of `chunk_tokens`, `epochs` passes, one AdamW step per window. The text is not added to
+    /// the context. `progress` sees every step and returns false to stop early (the steps taken
+    /// are kept). A cancel stops within one step with `ErrorKind::Cancelled`, keeping the steps
+    /// taken before it.
+    pub fn adapt(
+        &mut self,
+        text: &str,
+        params: &AdaptParams,
+        progress: impl FnMut(&AdaptProgress) -> bool,
+    ) -> Result<AdaptResult> {
+        let tokens = self.model.tokenize(text, true)?;
+        self.adapt_tokens(&tokens, params, progress)
+    }
+
+    /// As `adapt`, from token ids.
+    pub fn adapt_tokens(
+        &mut self,
+        tokens: &[TokenId],
+        params: &AdaptParams,
+        mut progress: impl FnMut(&AdaptProgress) -> bool,
+    ) -> Result<AdaptResult> {
+        let cancel = self.cancel.clone();
+        let _clear = ClearOnDrop(&cancel);
+        params.validate()?;
+        let cfg = self.model.config().clone();
+        if let Some(bad) = tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+            return Err(Error::invalid_argument(format!(
+                "adapt: token {bad} is outside the vocabulary ({})",
+                cfg.vocab_size
+            )));
+        }
+        let windows = adapt::windows(tokens.len(), params.chunk_tokens);
+        if windows.is_empty() {
+            return Err(Error::invalid_argument(format!(
+                "adapt: the text has {} tokens, at least 2 are needed",
+                tokens.len()
+            )));
+        }
+        self.ensure_trainer(params)?;
+        let total = windows.len() * params.epochs;
+        let start = std::time::Instant::now();
+        let mut result = AdaptResult {
+            steps: 0,
+            tokens: tokens.len(),
+            first_loss: f32::NAN,
+            last_loss: f32::NAN,
+            seconds: 0.0,
+        };
+        let model = self.model.clone();
+        let tf = model.transformer();
+        'epochs: for _ in 0..params.epochs {
+            for w in &windows {
+                if self.cancelled() {
+                    return Err(Error::new(ErrorKind::Cancelled, "adapt was cancelled"));
+                }
+                let trainer = self.trainer.as_mut().expect("ensured above");
+                let mut cache = KvCache::new(cfg.num_layers, cfg.kv_dim(), w.len());
+                let step = model.compute(|| trainer.step(tf, &mut cache, &tokens[w.clone()], params))?;
+                if !params.keep_kv && !self.tokens.is_empty() {
+                    self.kv_stale = true;
+                }
+                result.steps += 1;
+                if result.steps == 1 {
+                    result.first_loss = step.loss;
+                }
+                result.last_loss = step.loss;
+                result.seconds = start.elapsed().as_secs_f64();
+                let go_on = progress(&AdaptProgress {
+                    step: result.steps,
+                    total_steps: total,
+                    loss: step.loss,
+                    grad_norm: step.grad_norm,
+                });
+                if !go_on {
+                    break 'epochs;
+                }
+            }
+        }
+        result.seconds = start.elapsed().as_secs_f64();
+        Ok(result)
+    }
+
+    /// Creates the adapters on first use; refuses parameters of another shape than the
+    /// adapters the session already has.
+    fn ensure_trainer(&mut self, params: &AdaptParams) -> Result<()> {
+        let shape = params.shape(self.model.config().num_layers);
+        match &self.trainer {
+            Some(t) if t.adapters.shape != shape => Err(Error::invalid_argument(format!(
+                "adapt: the session's adapters have rank {}, alpha {}, layers {}.., projections {:#x}; \
+                 these parameters ask for rank {}, alpha {}, layers {}.., projections {:#x} \
+                 (reset the adapters first)",
+                t.adapters.shape.rank,
+                t.adapters.shape.alpha,
+                t.adapters.shape.first_layer,
+                t.adapters.shape.projections,
+                shape.rank,
+                shape.alpha,
+                shape.first_layer,
+                shape.projections
+            ))),
+            Some(_) => Ok(()),
+            None => {
+                self.trainer = Some(Trainer::new(
+                    &self.model.transformer().weights,
+                    shape,
+                    params.seed,
+                ));
+                Ok(())
+            }
+        }
+    }
+
+    /// True when the session has adapters (trained or not).
+    pub fn has_adapters(&self) -> bool {
+        self.trainer.is_some()
+    }
+
+    /// The session's trainable state, if any.
+    pub fn trainer(&self) -> Option<&Trainer> {
+        self.trainer.as_ref()
+    }
+
+    /// Recomputes the KV cache with the current adapters when they changed since it was
+    /// filled. Built aside and swapped in, so a cancel leaves the session as it was.
+    pub(super) fn refresh_kv(&mut self) -> Result<()> {
+        if !self.kv_stale {
+            return Ok(());
+        }
+        if self.tokens.is_empty() {
+            self.kv_stale = false;
+            return Ok(());
+        }
+        let cfg = self.model.config();
+        let mut cache = KvCache::new(cfg.num_layers, cfg.kv_dim(), self.cache.capacity());
+        let model = self.model.clone();
+        let adapters = self.trainer.as_ref().map(|t| &t.adapters);
+        for chunk in self.tokens.chunks(self.n_batch) {
+            if self.cancel.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(Error::new(ErrorKind::Cancelled, "cancelled while recomputing the context"));
+            }
+            model.compute(|| model.transformer().forward_with(&mut cache, chunk, adapters, None))?;
+        }
+        self.cache = cache;
+        self.kv_stale = false;
+        Ok(())
+    }
+
+    /// Mean negative log-likelihood (nats per scored token) of `text` under the current
+    /// adapters: the measuring stick of `adapt`. The session's context is left as it was.
+    pub fn eval_nll(&mut self, text: &str) -> Result<f64> {
+        Ok(self.score(text)?.nll_mean())
+    }
+}

@@ -115,7 +115,7 @@
 typedef struct Kernel Kernel;
 
 /**
- * A generation running on an internal thread. Free with bit_ttt_job_free.
+ * A generation or adapt running on an internal thread. Free with bit_ttt_job_free.
  */
 typedef struct bit_ttt_job bit_ttt_job;
 
@@ -134,6 +134,94 @@ typedef struct bit_ttt_session bit_ttt_session;
  * Result of every fallible function: BIT_TTT_OK or an error code.
  */
 typedef int32_t bit_ttt_status;
+
+/**
+ * Called after each adapt step with the step (1-based), the number of steps and the step's
+ * mean loss in nats per token. Runs on the thread that called bit_ttt_adapt. Return non-zero
+ * to stop after this step (the steps taken are kept; the call returns BIT_TTT_OK).
+ */
+typedef int32_t (*bit_ttt_adapt_callback)(void *user_data,
+                                          int32_t step,
+                                          int32_t total_steps,
+                                          float loss);
+
+/**
+ * Options for adapt. Initialise with bit_ttt_adapt_params_init.
+ */
+typedef struct bit_ttt_adapt_params {
+  uint32_t struct_size;
+  /**
+   * LoRA rank r. Default 16.
+   */
+  int32_t rank;
+  /**
+   * LoRA α; updates are scaled by α / r. Default 16.
+   */
+  float alpha;
+  /**
+   * Adapt the top `layers` layers: 0 (default) = the last quarter; >= the layer count = all.
+   */
+  int32_t layers;
+  /**
+   * Bit mask of adapted projections: 1 q, 2 k, 4 v, 8 o, 16 gate, 32 up, 64 down. Default 0x7f.
+   */
+  uint32_t projections;
+  /**
+   * AdamW. Defaults: 1e-3, 0, 0.9, 0.999, 1e-8.
+   */
+  float learning_rate;
+  float weight_decay;
+  float beta1;
+  float beta2;
+  float eps;
+  /**
+   * Largest global gradient norm; 0 = no clipping. Default 1.
+   */
+  float clip;
+  /**
+   * Tokens per training window (one step each). Default 512.
+   */
+  int32_t chunk_tokens;
+  /**
+   * Passes over the text. Default 2.
+   */
+  int32_t epochs;
+  /**
+   * Seed of the adapters' initial values (when the session has none yet).
+   */
+  uint64_t seed;
+  /**
+   * Pull towards the initial adapter per step; 0 (default) = off.
+   */
+  float decay_to_init;
+  /**
+   * Non-zero: keep the KV cache computed with the old adapters (default: recompute it).
+   */
+  uint8_t keep_kv;
+  /**
+   * Progress callback (NULL for none). Must be NULL for bit_ttt_adapt_async.
+   */
+  bit_ttt_adapt_callback on_progress;
+  void *user_data;
+} bit_ttt_adapt_params;
+
+/**
+ * What an adapt call did. Set struct_size before the call.
+ */
+typedef struct bit_ttt_adapt_result {
+  uint32_t struct_size;
+  uint32_t steps;
+  /**
+   * Tokens in the text.
+   */
+  uint32_t tokens;
+  /**
+   * Mean loss (nats per token) of the first and of the last step, before each step.
+   */
+  float first_loss;
+  float last_loss;
+  double ms;
+} bit_ttt_adapt_result;
 
 /**
  * A UTF-8 string given by pointer and length (len may be BIT_TTT_NUL_TERMINATED).
@@ -462,6 +550,62 @@ extern "C" {
 /**
  * Fills `params` with defaults (and its struct_size).
  */
+bit_ttt_status bit_ttt_adapt_params_init(struct bit_ttt_adapt_params *params);
+
+/**
+ * Trains the session's adapters on `text` (test-time training; the model is not modified
+ * and the text is not added to the context). Returns BIT_TTT_CANCELLED if
+ * bit_ttt_session_cancel stopped it (within one step; the steps taken are kept).
+ * `out_result` (may be NULL) is written on success.
+ */
+bit_ttt_status bit_ttt_adapt(const struct bit_ttt_session *session,
+                             const char *text,
+                             size_t text_len,
+                             const struct bit_ttt_adapt_params *params,
+                             struct bit_ttt_adapt_result *out_result);
+
+/**
+ * Starts adapt on an internal thread and returns at once; poll or wait on the job, read its
+ * progress with bit_ttt_job_adapt_progress and its result with bit_ttt_job_adapt_result.
+ * `params->on_progress` must be NULL.
+ */
+bit_ttt_status bit_ttt_adapt_async(const struct bit_ttt_session *session,
+                                   const char *text,
+                                   size_t text_len,
+                                   const struct bit_ttt_adapt_params *params,
+                                   struct bit_ttt_job **out_job);
+
+/**
+ * The last step an adapt job reported: step (0 before the first), total steps and its loss.
+ * Never blocks.
+ */
+bit_ttt_status bit_ttt_job_adapt_progress(const struct bit_ttt_job *job,
+                                          int32_t *out_step,
+                                          int32_t *out_total_steps,
+                                          float *out_loss);
+
+/**
+ * The outcome of a finished adapt job: its status (BIT_TTT_OK, BIT_TTT_CANCELLED, an error),
+ * with `out_result` (may be NULL) written on OK. BIT_TTT_BUSY while it still runs.
+ */
+bit_ttt_status bit_ttt_job_adapt_result(const struct bit_ttt_job *job,
+                                        struct bit_ttt_adapt_result *out_result);
+
+/**
+ * Mean negative log-likelihood (nats per token) of `text` under the session's current
+ * adapters, BOS added as the tokenizer adds it and the first token not scored: the measuring
+ * stick of adapt. The context is left as it was. `out_tokens` (may be NULL) gets the number
+ * of tokens of the text.
+ */
+bit_ttt_status bit_ttt_eval_nll(const struct bit_ttt_session *session,
+                                const char *text,
+                                size_t text_len,
+                                double *out_nll,
+                                size_t *out_tokens);
+
+/**
+ * Fills `params` with defaults (and its struct_size).
+ */
 bit_ttt_status bit_ttt_generate_params_init(struct bit_ttt_generate_params *params);
 
 /**
@@ -522,7 +666,7 @@ bit_ttt_status bit_ttt_job_wait(const struct bit_ttt_job *job,
                                 uint8_t *out_done);
 
 /**
- * The outcome of a finished job: the generate's status (BIT_TTT_OK, BIT_TTT_CANCELLED, an
+ * The outcome of a finished job: the call's status (BIT_TTT_OK, BIT_TTT_CANCELLED, an
  * error), with `out_result` (may be NULL) written on OK. BIT_TTT_BUSY while it still runs.
  */
 bit_ttt_status bit_ttt_job_result(const struct bit_ttt_job *job,

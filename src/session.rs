@@ -324,7 +324,11 @@ impl Session {
     fn feed(&mut self, tokens: &[TokenId]) -> Result<Option<Vec<f32>>> {
         let mut last = None;
         if let Err(e) = self.refresh_kv() {
-            return if e.kind() == ErrorKind::Cancelled { Ok(None) } else { Err(e) };
+            return if e.kind() == ErrorKind::Cancelled {
+                Ok(None)
+            } else {
+                Err(e)
+            };
         }
         for chunk in tokens.chunks(self.n_batch) {
             if self.cancelled() {
@@ -333,8 +337,11 @@ impl Session {
             let model = self.model.clone();
             let cache = &mut self.cache;
             let adapters = self.trainer.as_ref().map(|t| &t.adapters);
-            let hidden =
-                model.compute(|| model.transformer().forward_with(cache, chunk, adapters, None))?;
+            let hidden = model.compute(|| {
+                model
+                    .transformer()
+                    .forward_with(cache, chunk, adapters, None)
+            })?;
             self.tokens.extend_from_slice(chunk);
             let h = model.config().hidden_size;
             last = Some(model.compute(|| model.transformer().logits(&hidden[hidden.len() - h..])));
@@ -351,8 +358,11 @@ impl Session {
             let model = self.model.clone();
             let cache = &mut self.cache;
             let adapters = self.trainer.as_ref().map(|t| &t.adapters);
-            let hidden =
-                model.compute(|| model.transformer().forward_with(cache, chunk, adapters, None))?;
+            let hidden = model.compute(|| {
+                model
+                    .transformer()
+                    .forward_with(cache, chunk, adapters, None)
+            })?;
             self.tokens.extend_from_slice(chunk);
             all.extend(model.compute(|| model.transformer().logits(&hidden)));
         }

@@ -203,7 +203,9 @@ impl Reader<'_> {
         match self.take::<1>()?[0] {
             0 => Ok(false),
             1 => Ok(true),
-            b => Err(incompatible(format!("session state has a bad flag byte {b}"))),
+            b => Err(incompatible(format!(
+                "session state has a bad flag byte {b}"
+            ))),
         }
     }
     fn f32(&mut self) -> Result<f32> {

@@ -6,7 +6,9 @@ use common::fixture;
 
 use bit_ttt::adapt::AdaptParams;
 use bit_ttt::session::ResetParts;
-use bit_ttt::{ErrorKind, GenerateParams, Model, ModelParams, SamplingParams, Session, SessionParams};
+use bit_ttt::{
+    ErrorKind, GenerateParams, Model, ModelParams, SamplingParams, Session, SessionParams,
+};
 
 const TEXT: &str = "The quick brown fox jumps over the lazy dog. Once upon a time there was a \
 little engine that ran on very few bits. It counted minus one, zero and plus one.";
@@ -68,7 +70,10 @@ fn adapting_lowers_the_texts_nll() {
         })
         .unwrap();
     let after = s.eval_nll(TEXT).unwrap();
-    eprintln!("NLL {before:.4} → {after:.4} in {} steps; losses {losses:?}", r.steps);
+    eprintln!(
+        "NLL {before:.4} → {after:.4} in {} steps; losses {losses:?}",
+        r.steps
+    );
     assert_eq!(r.steps, losses.len());
     assert!(after < before * 0.9, "NLL {before} → {after}");
     // One window per epoch here: the loss falls step by step.
@@ -185,12 +190,30 @@ fn bad_parameters_are_named() {
     let m = model("bitnet_packed_auto");
     let mut s = session(&m);
     let cases = [
-        AdaptParams { rank: 0, ..params() },
-        AdaptParams { learning_rate: f32::NAN, ..params() },
-        AdaptParams { projections: 0x80, ..params() },
-        AdaptParams { chunk_tokens: 1, ..params() },
-        AdaptParams { epochs: 0, ..params() },
-        AdaptParams { beta2: 1.0, ..params() },
+        AdaptParams {
+            rank: 0,
+            ..params()
+        },
+        AdaptParams {
+            learning_rate: f32::NAN,
+            ..params()
+        },
+        AdaptParams {
+            projections: 0x80,
+            ..params()
+        },
+        AdaptParams {
+            chunk_tokens: 1,
+            ..params()
+        },
+        AdaptParams {
+            epochs: 0,
+            ..params()
+        },
+        AdaptParams {
+            beta2: 1.0,
+            ..params()
+        },
     ];
     for p in cases {
         let e = s.adapt(TEXT, &p, |_| true).unwrap_err();
@@ -201,10 +224,24 @@ fn bad_parameters_are_named() {
     // Adapters of one shape exist: another rank is refused until they are reset.
     s.adapt(TEXT, &params(), |_| true).unwrap();
     let e = s
-        .adapt(TEXT, &AdaptParams { rank: 4, ..params() }, |_| true)
+        .adapt(
+            TEXT,
+            &AdaptParams {
+                rank: 4,
+                ..params()
+            },
+            |_| true,
+        )
         .unwrap_err();
     assert!(e.message().contains("reset the adapters"), "{e}");
     s.reset_parts(ResetParts::ADAPTERS);
-    s.adapt(TEXT, &AdaptParams { rank: 4, ..params() }, |_| true)
-        .unwrap();
+    s.adapt(
+        TEXT,
+        &AdaptParams {
+            rank: 4,
+            ..params()
+        },
+        |_| true,
+    )
+    .unwrap();
 }

@@ -14,40 +14,48 @@ use super::generate::{bit_ttt_generate_params, bit_ttt_generate_result, result_o
 use super::session::{SessionShared, bit_ttt_session, shared};
 use super::status::*;
 use super::strings::{str_in, text_out};
-use crate::{GenerateResult, StopReason};
+use crate::adapt::{AdaptProgress, AdaptResult};
+use crate::{GenerateResult, Session, StopReason};
+
+/// What a finished job produced.
+pub(crate) enum Outcome {
+    Generate(GenerateResult),
+    Adapt(AdaptResult),
+}
 
 #[derive(Default)]
-struct JobState {
+pub(crate) struct JobState {
     /// Text produced and not yet polled.
-    pending: String,
+    pub(crate) pending: String,
+    /// The last adapt step reported.
+    pub(crate) progress: Option<AdaptProgress>,
     done: bool,
     status: bit_ttt_status,
     message: String,
-    result: Option<GenerateResult>,
+    result: Option<Outcome>,
 }
 
 #[derive(Default)]
-struct JobShared {
-    state: Mutex<JobState>,
-    changed: Condvar,
+pub(crate) struct JobShared {
+    pub(crate) state: Mutex<JobState>,
+    pub(crate) changed: Condvar,
 }
 
-/// A generation running on an internal thread. Free with bit_ttt_job_free.
+/// A generation or adapt running on an internal thread. Free with bit_ttt_job_free.
 pub struct bit_ttt_job {
     shared: Arc<JobShared>,
     session: Arc<SessionShared>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
-/// Starts generating on an internal thread and returns at once. The session is BUSY until the
-/// job finishes. `params->on_token` must be NULL: poll the job for text instead.
-#[unsafe(no_mangle)]
-pub extern "C" fn bit_ttt_generate_async(
+/// Runs `work` on the session on a new thread and writes the job handle to `out_job`. The
+/// session is BUSY until the work ends; a panic poisons it.
+pub(crate) fn spawn(
     session: *const bit_ttt_session,
-    prompt: *const c_char,
-    prompt_len: usize,
-    params: *const bit_ttt_generate_params,
     out_job: *mut *mut bit_ttt_job,
+    prepare: impl FnOnce() -> FfiResult<
+        Box<dyn FnOnce(&mut Session, &JobShared) -> FfiResult<Outcome> + Send>,
+    >,
 ) -> bit_ttt_status {
     let s = match shared(session) {
         Ok(s) => s.clone(),
@@ -63,18 +71,7 @@ pub extern "C" fn bit_ttt_generate_async(
                 "the session was poisoned by an earlier panic",
             ));
         }
-        let prompt = str_in(prompt, prompt_len, "prompt")?.to_string();
-        let raw = self::params(
-            params,
-            "bit_ttt_generate_params",
-            bit_ttt_generate_params::defaults,
-        )?;
-        if raw.on_token.is_some() {
-            return Err(FfiError::invalid(
-                "on_token must be NULL for an async job: poll the job for text",
-            ));
-        }
-        let p = raw.into_rust()?;
+        let work = prepare()?;
         s.begin()?;
         let Some(mut guard) = s.session.try_lock_arc() else {
             s.end();
@@ -89,29 +86,14 @@ pub extern "C" fn bit_ttt_generate_async(
             .name("bit-ttt-job".into())
             .spawn(move || {
                 let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    guard.generate(&prompt, &p, |ev| {
-                        if !ev.text.is_empty() {
-                            job2.state.lock().pending.push_str(ev.text);
-                            job2.changed.notify_all();
-                        }
-                        true
-                    })
+                    work(&mut guard, &job2)
                 }));
                 drop(guard);
                 sess_shared.end();
                 let mut st = job2.state.lock();
                 match run {
-                    Ok(Ok(r)) => {
-                        *sess_shared.last_output.lock() =
-                            (r.text.clone(), r.tokens.iter().map(|&t| t as i32).collect());
-                        if r.stop_reason == StopReason::Cancelled {
-                            st.status = BIT_TTT_CANCELLED;
-                            st.message = "generation was cancelled".into();
-                        }
-                        st.result = Some(r);
-                    }
+                    Ok(Ok(outcome)) => st.result = Some(outcome),
                     Ok(Err(e)) => {
-                        let e = FfiError::from(e);
                         st.status = e.status;
                         st.message = e.message;
                     }
@@ -143,6 +125,49 @@ pub extern "C" fn bit_ttt_generate_async(
         s.record_error();
     }
     status
+}
+
+/// Starts generating on an internal thread and returns at once. The session is BUSY until the
+/// job finishes. `params->on_token` must be NULL: poll the job for text instead.
+#[unsafe(no_mangle)]
+pub extern "C" fn bit_ttt_generate_async(
+    session: *const bit_ttt_session,
+    prompt: *const c_char,
+    prompt_len: usize,
+    params: *const bit_ttt_generate_params,
+    out_job: *mut *mut bit_ttt_job,
+) -> bit_ttt_status {
+    let sess_shared = shared(session).ok().cloned();
+    spawn(session, out_job, || {
+        let prompt = str_in(prompt, prompt_len, "prompt")?.to_string();
+        let raw = self::params(
+            params,
+            "bit_ttt_generate_params",
+            bit_ttt_generate_params::defaults,
+        )?;
+        if raw.on_token.is_some() {
+            return Err(FfiError::invalid(
+                "on_token must be NULL for an async job: poll the job for text",
+            ));
+        }
+        let p = raw.into_rust()?;
+        let sess_shared = sess_shared.expect("spawn checked the handle");
+        Ok(Box::new(move |sess: &mut Session, job: &JobShared| {
+            let r = sess.generate(&prompt, &p, |ev| {
+                if !ev.text.is_empty() {
+                    job.state.lock().pending.push_str(ev.text);
+                    job.changed.notify_all();
+                }
+                true
+            })?;
+            *sess_shared.last_output.lock() =
+                (r.text.clone(), r.tokens.iter().map(|&t| t as i32).collect());
+            if r.stop_reason == StopReason::Cancelled {
+                return Err(FfiError::new(BIT_TTT_CANCELLED, "generation was cancelled"));
+            }
+            Ok(Outcome::Generate(r))
+        }))
+    })
 }
 
 /// Takes the text produced since the last poll into `buf` (see the buffer rule; the text stays
@@ -198,7 +223,7 @@ pub extern "C" fn bit_ttt_job_wait(
     })
 }
 
-/// The outcome of a finished job: the generate's status (BIT_TTT_OK, BIT_TTT_CANCELLED, an
+/// The outcome of a finished job: the call's status (BIT_TTT_OK, BIT_TTT_CANCELLED, an
 /// error), with `out_result` (may be NULL) written on OK. BIT_TTT_BUSY while it still runs.
 #[unsafe(no_mangle)]
 pub extern "C" fn bit_ttt_job_result(
@@ -220,7 +245,10 @@ pub extern "C" fn bit_ttt_job_result(
             return Err(FfiError::new(st.status, st.message.clone()));
         }
         match (out, &st.result) {
-            (Some(o), Some(r)) => write_out(o, result_out(r)),
+            (Some(o), Some(Outcome::Generate(r))) => write_out(o, result_out(r)),
+            (Some(_), Some(Outcome::Adapt(_))) => Err(FfiError::invalid(
+                "this is an adapt job: read its result with bit_ttt_job_adapt_result",
+            )),
             _ => Ok(()),
         }
     })
@@ -255,4 +283,21 @@ pub extern "C" fn bit_ttt_job_free(job: *mut bit_ttt_job) {
             let _ = t.join();
         }
     }));
+}
+
+/// The shared state of a job handle, for the adapt-specific queries.
+pub(crate) fn job_shared<'a>(job: *const bit_ttt_job) -> FfiResult<&'a JobShared> {
+    Ok(&handle(job, "job")?.shared)
+}
+
+impl JobState {
+    pub(crate) fn finished(&self) -> FfiResult<Option<&Outcome>> {
+        if !self.done {
+            return Err(FfiError::new(BIT_TTT_BUSY, "the job is still running"));
+        }
+        if self.status != BIT_TTT_OK {
+            return Err(FfiError::new(self.status, self.message.clone()));
+        }
+        Ok(self.result.as_ref())
+    }
 }

@@ -7,6 +7,7 @@
 // (documented per function), and every dereference is in an `unsafe` block with its SAFETY note.
 #![allow(clippy::not_unsafe_ptr_arg_deref)]
 
+mod adapt;
 mod boundary;
 mod generate;
 mod job;
@@ -18,6 +19,7 @@ mod strings;
 mod system;
 mod text;
 
+pub use adapt::*;
 pub use generate::*;
 pub use job::*;
 pub use model::*;

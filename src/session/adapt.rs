@@ -66,7 +66,8 @@ impl Session {
                 }
                 let trainer = self.trainer.as_mut().expect("ensured above");
                 let mut cache = KvCache::new(cfg.num_layers, cfg.kv_dim(), w.len());
-                let step = model.compute(|| trainer.step(tf, &mut cache, &tokens[w.clone()], params))?;
+                let step =
+                    model.compute(|| trainer.step(tf, &mut cache, &tokens[w.clone()], params))?;
                 if !params.keep_kv && !self.tokens.is_empty() {
                     self.kv_stale = true;
                 }
@@ -147,9 +148,16 @@ impl Session {
         let adapters = self.trainer.as_ref().map(|t| &t.adapters);
         for chunk in self.tokens.chunks(self.n_batch) {
             if self.cancel.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err(Error::new(ErrorKind::Cancelled, "cancelled while recomputing the context"));
+                return Err(Error::new(
+                    ErrorKind::Cancelled,
+                    "cancelled while recomputing the context",
+                ));
             }
-            model.compute(|| model.transformer().forward_with(&mut cache, chunk, adapters, None))?;
+            model.compute(|| {
+                model
+                    .transformer()
+                    .forward_with(&mut cache, chunk, adapters, None)
+            })?;
         }
         self.cache = cache;
         self.kv_stale = false;

@@ -707,6 +707,152 @@ static void test_async(const bit_ttt_model *m) {
     bit_ttt_session_free(s);
 }
 
+static const char ADAPT_TEXT[] =
+    "The quick brown fox jumps over the lazy dog. Once upon a time there was a little engine "
+    "that ran on very few bits. It counted minus one, zero and plus one, and it was fast.";
+
+typedef struct {
+    int calls, last_step, total;
+    float first, last;
+    bit_ttt_session *cancel_me; /* cancel from inside the callback when set */
+} progress_log;
+
+static int32_t on_progress(void *user_data, int32_t step, int32_t total, float loss) {
+    progress_log *p = user_data;
+    CHECK(step == p->last_step + 1 && total >= step && loss == loss /* not NaN */);
+    if (p->calls++ == 0) p->first = loss;
+    p->last = loss;
+    p->last_step = step;
+    p->total = total;
+    if (p->cancel_me) OK(bit_ttt_session_cancel(p->cancel_me));
+    return 0;
+}
+
+static bit_ttt_adapt_params adapt_params(void) {
+    bit_ttt_adapt_params p;
+    OK(bit_ttt_adapt_params_init(&p));
+    CHECK(p.struct_size == sizeof p && p.rank == 16 && p.projections == 0x7f && p.epochs == 2);
+    p.learning_rate = 1e-2f;
+    p.chunk_tokens = 256;
+    p.epochs = 4;
+    return p;
+}
+
+static void test_adapt(const bit_ttt_model *m) {
+    bit_ttt_session *s = new_session(m, 256, 16);
+    double before = 0, after = 0;
+    size_t n_tok = 0;
+    OK(bit_ttt_eval_nll(s, ADAPT_TEXT, BIT_TTT_NUL_TERMINATED, &before, &n_tok));
+    CHECK(n_tok > 10 && before > 0);
+
+    /* Progress per step, the loss falls, and the text's NLL with it. */
+    progress_log log = {0};
+    bit_ttt_adapt_params p = adapt_params();
+    p.on_progress = on_progress;
+    p.user_data = &log;
+    bit_ttt_adapt_result r = {.struct_size = sizeof r};
+    OK(bit_ttt_adapt(s, ADAPT_TEXT, BIT_TTT_NUL_TERMINATED, &p, &r));
+    CHECK(r.steps == 4 && log.calls == 4 && log.total == 4 && r.tokens == n_tok);
+    CHECK(r.first_loss == log.first && r.last_loss == log.last && r.last_loss < r.first_loss);
+    OK(bit_ttt_eval_nll(s, ADAPT_TEXT, BIT_TTT_NUL_TERMINATED, &after, NULL));
+    CHECK(after < before);
+
+    /* The state carries the adapters: the next tokens match after a load. */
+    bit_ttt_generate_params g = greedy(8);
+    g.ignore_eos = 1;
+    size_t need = 0;
+    EXPECT(bit_ttt_session_state_save(s, NULL, 0, &need), BIT_TTT_BUFFER_TOO_SMALL);
+    uint8_t *blob = malloc(need);
+    OK(bit_ttt_session_state_save(s, blob, need, &need));
+    int32_t want[16], got[16];
+    OK(bit_ttt_generate(s, "Once upon", BIT_TTT_NUL_TERMINATED, &g, NULL));
+    size_t n_want = last_tokens(s, want, 16);
+    bit_ttt_session *s2 = new_session(m, 256, 16);
+    OK(bit_ttt_session_state_load(s2, blob, need));
+    double loaded = 0;
+    OK(bit_ttt_eval_nll(s2, ADAPT_TEXT, BIT_TTT_NUL_TERMINATED, &loaded, NULL));
+    CHECK(loaded == after);
+    OK(bit_ttt_generate(s2, "Once upon", BIT_TTT_NUL_TERMINATED, &g, NULL));
+    CHECK(last_tokens(s2, got, 16) == n_want && memcmp(got, want, n_want * sizeof *got) == 0);
+    bit_ttt_model *other = load(g_other_dir);
+    bit_ttt_session *f = new_session(other, 256, 16);
+    EXPECT(bit_ttt_session_state_load(f, blob, need), BIT_TTT_INCOMPATIBLE_STATE);
+    bit_ttt_session_free(f);
+    bit_ttt_model_free(other);
+    free(blob);
+
+    /* Resetting the adapters restores the base model exactly. */
+    OK(bit_ttt_session_reset(s2, BIT_TTT_RESET_ADAPTERS));
+    OK(bit_ttt_eval_nll(s2, ADAPT_TEXT, BIT_TTT_NUL_TERMINATED, &loaded, NULL));
+    CHECK(loaded == before);
+
+    /* Cancel from the progress callback: stops after that step. */
+    progress_log clog = {0};
+    clog.cancel_me = s2;
+    p.user_data = &clog;
+    p.chunk_tokens = 8;
+    EXPECT(bit_ttt_adapt(s2, ADAPT_TEXT, BIT_TTT_NUL_TERMINATED, &p, NULL), BIT_TTT_CANCELLED);
+    CHECK(clog.calls == 1);
+
+    /* Bad arguments. */
+    bit_ttt_adapt_params bad = adapt_params();
+    bad.rank = 0;
+    EXPECT(bit_ttt_adapt(s2, ADAPT_TEXT, BIT_TTT_NUL_TERMINATED, &bad, NULL), BIT_TTT_INVALID_ARGUMENT);
+    CHECK(strstr(bit_ttt_last_error(), "rank") != NULL);
+    bad = adapt_params();
+    bad.learning_rate = -1.0f;
+    EXPECT(bit_ttt_adapt(s2, ADAPT_TEXT, BIT_TTT_NUL_TERMINATED, &bad, NULL), BIT_TTT_INVALID_ARGUMENT);
+    bad = adapt_params();
+    bad.chunk_tokens = -5;
+    EXPECT(bit_ttt_adapt(s2, ADAPT_TEXT, BIT_TTT_NUL_TERMINATED, &bad, NULL), BIT_TTT_INVALID_ARGUMENT);
+    bad = adapt_params();
+    bad.struct_size = 3;
+    EXPECT(bit_ttt_adapt(s2, ADAPT_TEXT, BIT_TTT_NUL_TERMINATED, &bad, NULL), BIT_TTT_ABI_MISMATCH);
+    EXPECT(bit_ttt_adapt(s2, "", 0, NULL, NULL), BIT_TTT_INVALID_ARGUMENT);
+    EXPECT(bit_ttt_adapt(s2, "\xff\xfe", 2, NULL, NULL), BIT_TTT_INVALID_UTF8);
+    EXPECT(bit_ttt_adapt(NULL, ADAPT_TEXT, BIT_TTT_NUL_TERMINATED, NULL, NULL), BIT_TTT_NULL_POINTER);
+    EXPECT(bit_ttt_adapt(s2, NULL, 3, NULL, NULL), BIT_TTT_NULL_POINTER);
+    EXPECT(bit_ttt_adapt_params_init(NULL), BIT_TTT_NULL_POINTER);
+    EXPECT(bit_ttt_eval_nll(s2, ADAPT_TEXT, BIT_TTT_NUL_TERMINATED, NULL, NULL), BIT_TTT_NULL_POINTER);
+
+    /* Async: progress is polled, the result matches a synchronous run. */
+    OK(bit_ttt_session_reset(s2, BIT_TTT_RESET_ALL));
+    bit_ttt_adapt_params pa = adapt_params();
+    bit_ttt_job *job = NULL;
+    OK(bit_ttt_adapt_async(s2, ADAPT_TEXT, BIT_TTT_NUL_TERMINATED, &pa, &job));
+    uint8_t done = 0;
+    OK(bit_ttt_job_wait(job, -1, &done));
+    CHECK(done == 1);
+    int32_t step = -1, total = -1;
+    float loss = 0;
+    OK(bit_ttt_job_adapt_progress(job, &step, &total, &loss));
+    CHECK(step == 4 && total == 4 && loss == r.last_loss);
+    bit_ttt_adapt_result ra = {.struct_size = sizeof ra};
+    OK(bit_ttt_job_adapt_result(job, &ra));
+    CHECK(ra.steps == r.steps && ra.first_loss == r.first_loss && ra.last_loss == r.last_loss);
+    bit_ttt_generate_result gr = new_result();
+    EXPECT(bit_ttt_job_result(job, &gr), BIT_TTT_INVALID_ARGUMENT); /* not a generate job */
+    bit_ttt_job_free(job);
+    pa.on_progress = on_progress;
+    EXPECT(bit_ttt_adapt_async(s2, ADAPT_TEXT, BIT_TTT_NUL_TERMINATED, &pa, &job), BIT_TTT_INVALID_ARGUMENT);
+    EXPECT(bit_ttt_job_adapt_progress(NULL, &step, &total, &loss), BIT_TTT_NULL_POINTER);
+    EXPECT(bit_ttt_job_adapt_result(NULL, NULL), BIT_TTT_NULL_POINTER);
+
+    /* A long async adapt is cancelled through the job. */
+    pa = adapt_params();
+    pa.chunk_tokens = 4;
+    pa.epochs = 1000;
+    OK(bit_ttt_adapt_async(s2, ADAPT_TEXT, BIT_TTT_NUL_TERMINATED, &pa, &job));
+    OK(bit_ttt_job_cancel(job));
+    OK(bit_ttt_job_wait(job, -1, &done));
+    bit_ttt_status st = bit_ttt_job_adapt_result(job, NULL);
+    CHECK(st == BIT_TTT_CANCELLED || st == BIT_TTT_OK);
+    bit_ttt_job_free(job);
+
+    bit_ttt_session_free(s2);
+    bit_ttt_session_free(s);
+}
+
 int main(int argc, char **argv) {
     if (argc != 4) {
         fprintf(stderr, "usage: %s MODEL_DIR OTHER_MODEL_DIR SCRATCH_DIR\n", argv[0]);
@@ -728,6 +874,7 @@ int main(int argc, char **argv) {
     test_model_outlives_free();
     test_state(m);
     test_async(m);
+    test_adapt(m);
     bit_ttt_model_free(m);
     printf("test_api: %d checks passed\n", g_checks);
     return 0;

@@ -245,3 +245,22 @@ fn bad_parameters_are_named() {
     )
     .unwrap();
 }
+
+#[test]
+fn windowed_scoring_equals_plain_scoring_when_the_text_fits() {
+    let m = model("bitnet_packed_auto");
+    let mut s = session(&m);
+    let tokens = m.tokenize(TEXT, true).unwrap();
+    let plain = s.score_tokens(&tokens).unwrap().nll;
+    let wide = s.score_windowed(&tokens, 0, 2 * tokens.len()).unwrap();
+    assert_eq!(plain, wide);
+    // Narrow windows: every token scored once, from the position asked.
+    let narrow = s.score_windowed(&tokens, 10, 16).unwrap();
+    assert_eq!(narrow.len(), tokens.len() - 10);
+    assert!(narrow.iter().all(|x| x.is_finite() && *x > 0.0));
+    // The first window is tokens 2..18 (16 tokens) scoring positions 10..18.
+    let sub = s.score_tokens(&tokens[2..18]).unwrap().nll;
+    assert_eq!(narrow[..8], sub[7..15]);
+    let e = s.score_windowed(&tokens, 0, 1).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+}

@@ -9,6 +9,7 @@ use bit_ttt::{
 };
 use clap::{Args, Parser, Subcommand};
 
+mod adapt;
 mod sample;
 use serde_json::json;
 
@@ -37,6 +38,10 @@ enum Command {
     Bench(BenchArgs),
     /// Write a model as one pre-packed file that loads without repacking (zero-copy mmap).
     Convert(ConvertArgs),
+    /// Learn from a text: train the session's LoRA adapters on it (test-time training).
+    Adapt(adapt::AdaptArgs),
+    /// Measure adapt: split-half bits/token on held-out documents, with controls.
+    AdaptBench(adapt::AdaptBenchArgs),
 }
 
 #[derive(Args)]
@@ -50,7 +55,7 @@ struct ConvertArgs {
 }
 
 #[derive(Args)]
-struct ModelArgs {
+pub struct ModelArgs {
     /// Hugging Face model folder (config.json, *.safetensors, tokenizer.json), or a file
     /// written by `bit-ttt convert`. Default: the sample model shipped in models/sample.
     #[arg(long, short)]
@@ -78,7 +83,7 @@ fn model_path(arg: &Option<PathBuf>) -> bit_ttt::Result<PathBuf> {
 }
 
 impl ModelArgs {
-    fn load(&self) -> bit_ttt::Result<(Model, Session)> {
+    pub fn load(&self) -> bit_ttt::Result<(Model, Session)> {
         let kernel = self
             .kernel
             .as_deref()
@@ -170,6 +175,9 @@ struct GenerateArgs {
     /// End with one JSON line: {"text", "tokens", "prompt_tokens", "stop_reason"}.
     #[arg(long)]
     json: bool,
+    /// Start from a session saved by `adapt --save-state` (its adapters and context).
+    #[arg(long)]
+    load_state: Option<PathBuf>,
     #[command(flatten)]
     sampling: SamplingArgs,
 }
@@ -231,6 +239,9 @@ struct InfoArgs {
 
 fn generate(a: &GenerateArgs) -> bit_ttt::Result<()> {
     let (model, mut session) = a.model.load()?;
+    if let Some(p) = &a.load_state {
+        adapt::load_state(&mut session, p)?;
+    }
     let prompt = if a.chat {
         model.apply_chat_template(&[ChatMessage::new("user", &a.prompt)], true)?
     } else {
@@ -388,7 +399,7 @@ fn info(a: &InfoArgs) -> bit_ttt::Result<()> {
 }
 
 /// Peak resident set size of this process so far (Linux: VmHWM), in bytes.
-fn peak_rss_bytes() -> Option<u64> {
+pub fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -515,6 +526,8 @@ fn main() -> ExitCode {
         Command::Score(a) => score(a),
         Command::Info(a) => info(a),
         Command::Bench(a) => bench(a),
+        Command::Adapt(a) => adapt::adapt(a),
+        Command::AdaptBench(a) => adapt::adapt_bench(a),
         Command::Convert(a) => {
             let start = std::time::Instant::now();
             bit_ttt::convert(&a.model, &a.out).map(|s| {

@@ -164,6 +164,66 @@ impl Session {
         Ok(())
     }
 
+    /// NLL of `tokens[p]` given its predecessors for every `p` in `scored_from.max(1)..`, with a
+    /// sliding window: each token is scored with at most `window` tokens of context (at least
+    /// `window / 2` where the text allows), so texts longer than the context can be scored.
+    /// Uses its own cache and the current adapters; the session's context is left as it was.
+    pub fn score_windowed(
+        &mut self,
+        tokens: &[TokenId],
+        scored_from: usize,
+        window: usize,
+    ) -> Result<Vec<f64>> {
+        let cancel = self.cancel.clone();
+        let _clear = ClearOnDrop(&cancel);
+        if window < 2 || window > self.n_ctx() {
+            return Err(Error::invalid_argument(format!(
+                "score window {window} must be in 2..={}",
+                self.n_ctx()
+            )));
+        }
+        let cfg = self.model.config().clone();
+        if let Some(bad) = tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+            return Err(Error::invalid_argument(format!(
+                "token {bad} is outside the vocabulary ({})",
+                cfg.vocab_size
+            )));
+        }
+        let stride = window / 2;
+        let model = self.model.clone();
+        let tf = model.transformer();
+        let adapters = self.trainer.as_ref().map(|t| &t.adapters);
+        let mut nll = Vec::new();
+        let mut p = scored_from.max(1);
+        while p < tokens.len() {
+            if self.cancelled() {
+                return Err(Error::new(ErrorKind::Cancelled, "score was cancelled"));
+            }
+            let end = (p + stride).min(tokens.len());
+            let start = end.saturating_sub(window);
+            let mut cache = KvCache::new(cfg.num_layers, cfg.kv_dim(), end - start);
+            let mut hidden = Vec::new();
+            for chunk in tokens[start..end].chunks(self.n_batch) {
+                hidden
+                    .extend(model.compute(|| tf.forward_with(&mut cache, chunk, adapters, None))?);
+            }
+            let h = cfg.hidden_size;
+            for rows in (p - 1 - start..end - 1 - start)
+                .collect::<Vec<_>>()
+                .chunks(16)
+            {
+                let states = &hidden[rows[0] * h..(rows[rows.len() - 1] + 1) * h];
+                let logits = model.compute(|| tf.logits(states));
+                for (k, row) in logits.chunks_exact(cfg.vocab_size).enumerate() {
+                    let target = tokens[start + rows[k] + 1];
+                    nll.push(crate::session::neg_log_softmax(row, target as usize));
+                }
+            }
+            p = end;
+        }
+        Ok(nll)
+    }
+
     /// Mean negative log-likelihood (nats per scored token) of `text` under the current
     /// adapters: the measuring stick of `adapt`. The session's context is left as it was.
     pub fn eval_nll(&mut self, text: &str) -> Result<f64> {

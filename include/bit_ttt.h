@@ -565,6 +565,21 @@ bit_ttt_status bit_ttt_adapt(const struct bit_ttt_session *session,
                              struct bit_ttt_adapt_result *out_result);
 
 /**
+ * Online test-time training while reading: appends `text` to the session's context (BOS
+ * added when the context is empty) in windows of `chunk_tokens`, scoring each window with the
+ * current adapters (the loss the callback reports: the window's mean next-token NLL given all
+ * text before it) and then taking one step on it. `epochs` is not used. Generation continues
+ * right after the text (its last token is run by the next bit_ttt_generate, which may have an
+ * empty prompt). A text that does not fit in the context is refused (BIT_TTT_CONTEXT_FULL)
+ * before anything is read; a cancel stops within one window, keeping what was read.
+ */
+bit_ttt_status bit_ttt_adapt_online(const struct bit_ttt_session *session,
+                                    const char *text,
+                                    size_t text_len,
+                                    const struct bit_ttt_adapt_params *params,
+                                    struct bit_ttt_adapt_result *out_result);
+
+/**
  * Starts adapt on an internal thread and returns at once; poll or wait on the job, read its
  * progress with bit_ttt_job_adapt_progress and its result with bit_ttt_job_adapt_result.
  * `params->on_progress` must be NULL.
@@ -574,6 +589,15 @@ bit_ttt_status bit_ttt_adapt_async(const struct bit_ttt_session *session,
                                    size_t text_len,
                                    const struct bit_ttt_adapt_params *params,
                                    struct bit_ttt_job **out_job);
+
+/**
+ * bit_ttt_adapt_online on an internal thread, as bit_ttt_adapt_async.
+ */
+bit_ttt_status bit_ttt_adapt_online_async(const struct bit_ttt_session *session,
+                                          const char *text,
+                                          size_t text_len,
+                                          const struct bit_ttt_adapt_params *params,
+                                          struct bit_ttt_job **out_job);
 
 /**
  * The last step an adapt job reported: step (0 before the first), total steps and its loss.

@@ -58,9 +58,9 @@ if [ -n "$(git status --porcelain -- include/bit_ttt.h)" ]; then
 fi
 bash tests/c/run.sh
 
-step "the README's generate command, on a fixture"
-out=$(cargo run -q -p bit-ttt-cli -- generate --model tests/fixtures/bitnet_packed_auto \
-  --prompt "The quick brown fox" --max-tokens 16 --temperature 0 --json)
+step "the README's generate command: the shipped sample model, found with no --model, from another directory"
+out=$(cd /tmp && cargo run -q --manifest-path "$OLDPWD/Cargo.toml" -p bit-ttt-cli -- generate \
+  --prompt "The old man" --max-tokens 16 --temperature 0 --json)
 echo "$out"
 echo "$out" | tail -n 1 | python3 -c '
 import json, sys
@@ -71,5 +71,31 @@ if cargo run -q -p bit-ttt-cli -- info --model /nonexistent/model 2>/dev/null; t
   echo "bit-ttt info on a missing folder should fail" >&2
   exit 1
 fi
+
+step "adapt from the CLI: learn, save, generate from the saved session, adapt-bench"
+state=$(mktemp)
+cargo run -q --release -p bit-ttt-cli -- adapt --model tests/fixtures/bitnet_packed_auto \
+  --text-file models/sample/heldout/brown-ca11.txt --lr 1e-2 --chunk 128 --epochs 1 --save-state "$state" --json \
+  | python3 -c '
+import json, sys
+r = json.loads(sys.stdin.read().splitlines()[-1])
+assert r["steps"] > 1 and r["bits_after"] < r["bits_before"], r
+print("adapt:", r)
+'
+cargo run -q --release -p bit-ttt-cli -- generate --model tests/fixtures/bitnet_packed_auto --load-state "$state" \
+  --prompt "The" --max-tokens 4 --temperature 0 --json | tail -n 1 | python3 -c '
+import json, sys
+assert len(json.loads(sys.stdin.read())["tokens"]) == 4
+'
+rm -f "$state"
+cargo run -q --release -p bit-ttt-cli -- adapt-bench --model tests/fixtures/bitnet_packed_auto \
+  --docs models/sample/heldout --max-docs 3 --lr 1e-2 --chunk 128 --epochs 1 --json | tail -n 1 | python3 -c '
+import json, sys
+r = json.loads(sys.stdin.read())
+for k in ["bits_before", "bits_after", "cross_doc_delta", "cost_ratio", "peak_rss_bytes", "documents"]:
+    assert k in r, k
+assert r["lr0_identity"] is True and len(r["documents"]) == 3, r
+print("adapt-bench:", {k: v for k, v in r.items() if k != "documents"})
+'
 
 step "all tests passed"

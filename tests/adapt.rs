@@ -264,3 +264,102 @@ fn windowed_scoring_equals_plain_scoring_when_the_text_fits() {
     let e = s.score_windowed(&tokens, 0, 1).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument);
 }
+
+#[test]
+fn online_adapt_scores_each_window_before_stepping_and_reads_the_text() {
+    let m = model("bitnet_packed_auto");
+    let tokens = m.tokenize(TEXT, true).unwrap();
+    let chunk = 12;
+
+    // lr = 0: each reported loss is the base model's mean NLL of that window given all text
+    // before it, and the context ends exactly as if the text had been a prompt.
+    let mut s = session(&m);
+    let base = s.score_tokens(&tokens).unwrap().nll;
+    s.reset();
+    let zero = AdaptParams {
+        learning_rate: 0.0,
+        chunk_tokens: chunk,
+        ..AdaptParams::default()
+    };
+    let mut losses = Vec::new();
+    let r = s
+        .adapt_online(TEXT, &zero, |p| {
+            losses.push(p.loss);
+            true
+        })
+        .unwrap();
+    let windows = bit_ttt::adapt::windows(tokens.len() - 1, chunk);
+    assert_eq!(r.steps, windows.len());
+    for (w, loss) in windows.iter().zip(&losses) {
+        // nll[i] scores token i+1; window w trains on predicting tokens w.start+1..w.end.
+        let want = base[w.start..w.end - 1].iter().sum::<f64>() / (w.len() - 1) as f64;
+        assert!(
+            (f64::from(*loss) - want).abs() < 1e-4 * want.max(1.0),
+            "window {w:?}: online loss {loss} vs scored {want}"
+        );
+    }
+    assert_eq!(
+        s.tokens(),
+        tokens,
+        "the text is in the context, the last token unfed"
+    );
+    let after_online = s.generate_tokens(&[], &greedy(6), |_| true).unwrap().tokens;
+    let mut plain = session(&m);
+    let after_prompt = plain
+        .generate_tokens(&tokens, &greedy(6), |_| true)
+        .unwrap()
+        .tokens;
+    assert_eq!(after_online, after_prompt);
+
+    // lr > 0 on a text read twice: the second reading is predicted better than without adapt.
+    let twice = format!("{TEXT} {TEXT}");
+    let run = |lr: f32| {
+        let mut s = session(&m);
+        let mut losses = Vec::new();
+        let p = AdaptParams {
+            learning_rate: lr,
+            chunk_tokens: chunk,
+            ..AdaptParams::default()
+        };
+        s.adapt_online(&twice, &p, |pr| {
+            losses.push(pr.loss);
+            true
+        })
+        .unwrap();
+        losses[losses.len() / 2..].iter().sum::<f32>()
+    };
+    let (frozen, learning) = (run(0.0), run(1e-2));
+    assert!(
+        learning < frozen,
+        "second reading: {learning} with adapt vs {frozen} without"
+    );
+}
+
+#[test]
+fn online_adapt_refuses_a_text_longer_than_the_context_and_keeps_the_session() {
+    let m = model("bitnet_packed_auto");
+    let mut s = Session::new(
+        &m,
+        &SessionParams {
+            n_ctx: 24,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    s.generate("The quick", &greedy(2), |_| true).unwrap();
+    let before = s.tokens();
+    let err = s
+        .adapt_online(TEXT, &AdaptParams::default(), |_| true)
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ContextFull, "{err}");
+    assert_eq!(s.tokens(), before);
+    assert!(!s.has_adapters());
+
+    // Cancelled before the first window: nothing read, the pending token kept.
+    s.cancel_handle().cancel();
+    let err = s
+        .adapt_online("a b", &AdaptParams::default(), |_| true)
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Cancelled, "{err}");
+    assert_eq!(s.tokens(), before);
+}

@@ -2,7 +2,7 @@
 //! logits, NLL and greedy continuations, on every checkpoint format.
 
 mod common;
-use common::{FIXTURES, fixture};
+use common::parity_cases;
 
 use std::path::Path;
 
@@ -52,12 +52,12 @@ fn kernels() -> Vec<Kernel> {
     Kernel::available()
 }
 
-fn load_with(name: &str, kernel: Kernel) -> (Model, Session) {
+fn load_with(name: &str, dir: &Path, kernel: Kernel) -> (Model, Session) {
     let params = ModelParams {
         kernel: Some(kernel),
         ..Default::default()
     };
-    let model = Model::load(fixture(name), &params).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let model = Model::load(dir, &params).unwrap_or_else(|e| panic!("{name}: {e}"));
     let session = Session::new(
         &model,
         &SessionParams {
@@ -72,12 +72,12 @@ fn load_with(name: &str, kernel: Kernel) -> (Model, Session) {
 
 #[test]
 fn logits_match_transformers() {
-    for (name, kernel) in FIXTURES
-        .iter()
-        .flat_map(|n| kernels().into_iter().map(move |k| (n, k)))
+    for ((name, dir, refs), kernel) in parity_cases()
+        .into_iter()
+        .flat_map(|c| kernels().into_iter().map(move |k| (c.clone(), k)))
     {
-        let (model, mut session) = load_with(name, kernel);
-        let (json, tensors) = reference(&fixture(name));
+        let (model, mut session) = load_with(name, &dir, kernel);
+        let (json, tensors) = reference(&refs);
         let vocab = model.config().vocab_size;
         let (mut max_err, mut top1_agree, mut positions) = (0.0f32, 0, 0);
         for (i, p) in json["prompts"].as_array().unwrap().iter().enumerate() {
@@ -109,12 +109,12 @@ fn logits_match_transformers() {
 
 #[test]
 fn nll_matches_transformers() {
-    for (name, kernel) in FIXTURES
-        .iter()
-        .flat_map(|n| kernels().into_iter().map(move |k| (n, k)))
+    for ((name, dir, refs), kernel) in parity_cases()
+        .into_iter()
+        .flat_map(|c| kernels().into_iter().map(move |k| (c.clone(), k)))
     {
-        let (model, mut session) = load_with(name, kernel);
-        let (json, _) = reference(&fixture(name));
+        let (model, mut session) = load_with(name, &dir, kernel);
+        let (json, _) = reference(&refs);
         let score = &json["score"];
         let tokens = ids(&score["ids"]);
         assert_eq!(
@@ -142,12 +142,12 @@ fn nll_matches_transformers() {
 
 #[test]
 fn greedy_continuations_match_transformers() {
-    for (name, kernel) in FIXTURES
-        .iter()
-        .flat_map(|n| kernels().into_iter().map(move |k| (n, k)))
+    for ((name, dir, refs), kernel) in parity_cases()
+        .into_iter()
+        .flat_map(|c| kernels().into_iter().map(move |k| (c.clone(), k)))
     {
-        let (_, mut session) = load_with(name, kernel);
-        let (json, _) = reference(&fixture(name));
+        let (_, mut session) = load_with(name, &dir, kernel);
+        let (json, _) = reference(&refs);
         for p in json["prompts"].as_array().unwrap() {
             let want = ids(&p["greedy"]);
             let gaps: Vec<f64> = p["gaps"]
@@ -183,9 +183,9 @@ fn greedy_continuations_match_transformers() {
 
 #[test]
 fn chat_template_renders_as_transformers() {
-    for name in FIXTURES {
-        let (model, _) = load_with(name, Kernel::best());
-        let (json, _) = reference(&fixture(name));
+    for (name, dir, refs) in parity_cases() {
+        let (model, _) = load_with(name, &dir, Kernel::best());
+        let (json, _) = reference(&refs);
         let chat = &json["chat"];
         let messages: Vec<bit_ttt::ChatMessage> = chat["messages"]
             .as_array()

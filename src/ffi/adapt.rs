@@ -134,13 +134,29 @@ pub extern "C" fn bit_ttt_adapt_params_init(params: *mut bit_ttt_adapt_params) -
     call(|| write_out(params, bit_ttt_adapt_params::defaults()))
 }
 
-/// Trains the session's adapters on `text` (test-time training; the model is not modified
-/// and the text is not added to the context). Returns BIT_TTT_CANCELLED if
-/// bit_ttt_session_cancel stopped it (within one step; the steps taken are kept).
-/// `out_result` (may be NULL) is written on success.
-#[unsafe(no_mangle)]
-pub extern "C" fn bit_ttt_adapt(
+/// Offline (`bit_ttt_adapt`) or online (`bit_ttt_adapt_online`) training.
+#[derive(Clone, Copy)]
+enum Mode {
+    Offline,
+    Online,
+}
+
+fn run_adapt(
+    sess: &mut Session,
+    mode: Mode,
+    text: &str,
+    p: &AdaptParams,
+    progress: impl FnMut(&crate::adapt::AdaptProgress) -> bool,
+) -> crate::Result<AdaptResult> {
+    match mode {
+        Mode::Offline => sess.adapt(text, p, progress),
+        Mode::Online => sess.adapt_online(text, p, progress),
+    }
+}
+
+fn adapt_sync(
     session: *const bit_ttt_session,
+    mode: Mode,
     text: *const c_char,
     text_len: usize,
     params: *const bit_ttt_adapt_params,
@@ -159,7 +175,7 @@ pub extern "C" fn bit_ttt_adapt(
             bit_ttt_adapt_params::defaults,
         )?;
         let p = raw.into_rust()?;
-        let r = sess.adapt(text, &p, |pr| match raw.on_progress {
+        let r = run_adapt(sess, mode, text, &p, |pr| match raw.on_progress {
             None => true,
             Some(cb) => {
                 cb(
@@ -177,12 +193,9 @@ pub extern "C" fn bit_ttt_adapt(
     })
 }
 
-/// Starts adapt on an internal thread and returns at once; poll or wait on the job, read its
-/// progress with bit_ttt_job_adapt_progress and its result with bit_ttt_job_adapt_result.
-/// `params->on_progress` must be NULL.
-#[unsafe(no_mangle)]
-pub extern "C" fn bit_ttt_adapt_async(
+fn adapt_async(
     session: *const bit_ttt_session,
+    mode: Mode,
     text: *const c_char,
     text_len: usize,
     params: *const bit_ttt_adapt_params,
@@ -202,7 +215,7 @@ pub extern "C" fn bit_ttt_adapt_async(
         }
         let p = raw.into_rust()?;
         Ok(Box::new(move |sess: &mut Session, job: &JobShared| {
-            let r = sess.adapt(&text, &p, |pr| {
+            let r = run_adapt(sess, mode, &text, &p, |pr| {
                 job.state.lock().progress = Some(*pr);
                 job.changed.notify_all();
                 true
@@ -210,6 +223,65 @@ pub extern "C" fn bit_ttt_adapt_async(
             Ok(Outcome::Adapt(r))
         }))
     })
+}
+
+/// Trains the session's adapters on `text` (test-time training; the model is not modified
+/// and the text is not added to the context). Returns BIT_TTT_CANCELLED if
+/// bit_ttt_session_cancel stopped it (within one step; the steps taken are kept).
+/// `out_result` (may be NULL) is written on success.
+#[unsafe(no_mangle)]
+pub extern "C" fn bit_ttt_adapt(
+    session: *const bit_ttt_session,
+    text: *const c_char,
+    text_len: usize,
+    params: *const bit_ttt_adapt_params,
+    out_result: *mut bit_ttt_adapt_result,
+) -> bit_ttt_status {
+    adapt_sync(session, Mode::Offline, text, text_len, params, out_result)
+}
+
+/// Online test-time training while reading: appends `text` to the session's context (BOS
+/// added when the context is empty) in windows of `chunk_tokens`, scoring each window with the
+/// current adapters (the loss the callback reports: the window's mean next-token NLL given all
+/// text before it) and then taking one step on it. `epochs` is not used. Generation continues
+/// right after the text (its last token is run by the next bit_ttt_generate, which may have an
+/// empty prompt). A text that does not fit in the context is refused (BIT_TTT_CONTEXT_FULL)
+/// before anything is read; a cancel stops within one window, keeping what was read.
+#[unsafe(no_mangle)]
+pub extern "C" fn bit_ttt_adapt_online(
+    session: *const bit_ttt_session,
+    text: *const c_char,
+    text_len: usize,
+    params: *const bit_ttt_adapt_params,
+    out_result: *mut bit_ttt_adapt_result,
+) -> bit_ttt_status {
+    adapt_sync(session, Mode::Online, text, text_len, params, out_result)
+}
+
+/// Starts adapt on an internal thread and returns at once; poll or wait on the job, read its
+/// progress with bit_ttt_job_adapt_progress and its result with bit_ttt_job_adapt_result.
+/// `params->on_progress` must be NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn bit_ttt_adapt_async(
+    session: *const bit_ttt_session,
+    text: *const c_char,
+    text_len: usize,
+    params: *const bit_ttt_adapt_params,
+    out_job: *mut *mut bit_ttt_job,
+) -> bit_ttt_status {
+    adapt_async(session, Mode::Offline, text, text_len, params, out_job)
+}
+
+/// bit_ttt_adapt_online on an internal thread, as bit_ttt_adapt_async.
+#[unsafe(no_mangle)]
+pub extern "C" fn bit_ttt_adapt_online_async(
+    session: *const bit_ttt_session,
+    text: *const c_char,
+    text_len: usize,
+    params: *const bit_ttt_adapt_params,
+    out_job: *mut *mut bit_ttt_job,
+) -> bit_ttt_status {
+    adapt_async(session, Mode::Online, text, text_len, params, out_job)
 }
 
 /// The last step an adapt job reported: step (0 before the first), total steps and its loss.

@@ -92,6 +92,129 @@ impl Session {
         Ok(result)
     }
 
+    /// Online test-time training while reading: appends `text` to the context (BOS added when
+    /// the context is empty) in windows of `chunk_tokens`, and for each window first scores it
+    /// with the current adapters (its mean next-token loss given everything before it, which
+    /// `progress` reports) and then takes one AdamW step on it (score-then-update). `epochs`
+    /// is not used: each token is read once. The last token is left for the next `generate`
+    /// to run, as a prompt's is, so generation continues right after the text.
+    ///
+    /// Each window's keys and values are computed with the adapters before its step; with
+    /// `keep_kv` off (default) the whole context is recomputed with the final adapters when next
+    /// needed. A text that does not fit in the context is refused before anything is read; a
+    /// cancel stops within one window, keeping the windows read and the steps taken.
+    pub fn adapt_online(
+        &mut self,
+        text: &str,
+        params: &AdaptParams,
+        progress: impl FnMut(&AdaptProgress) -> bool,
+    ) -> Result<AdaptResult> {
+        let add_special = self.tokens.is_empty() && self.unfed.is_empty();
+        let tokens = self.model.tokenize(text, add_special)?;
+        self.adapt_online_tokens(&tokens, params, progress)
+    }
+
+    /// As `adapt_online`, from token ids.
+    pub fn adapt_online_tokens(
+        &mut self,
+        tokens: &[TokenId],
+        params: &AdaptParams,
+        mut progress: impl FnMut(&AdaptProgress) -> bool,
+    ) -> Result<AdaptResult> {
+        let cancel = self.cancel.clone();
+        let _clear = ClearOnDrop(&cancel);
+        params.validate()?;
+        let cfg = self.model.config().clone();
+        if let Some(bad) = tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+            return Err(Error::invalid_argument(format!(
+                "adapt: token {bad} is outside the vocabulary ({})",
+                cfg.vocab_size
+            )));
+        }
+        let pending = self.unfed.len();
+        let mut input = self.unfed.clone();
+        input.extend_from_slice(tokens);
+        if input.len() < 2 {
+            return Err(Error::invalid_argument(format!(
+                "adapt: the text has {} tokens, at least 2 are needed",
+                tokens.len()
+            )));
+        }
+        self.check_fits(tokens.len())?;
+        self.refresh_kv()?;
+        self.ensure_trainer(params)?;
+        self.unfed.clear();
+        // The last token stays unfed: the next generate runs it and samples from its logits.
+        let last = input.pop().expect("at least 2 tokens");
+        let windows = adapt::windows(input.len(), params.chunk_tokens);
+        let start = std::time::Instant::now();
+        let mut result = AdaptResult {
+            steps: 0,
+            tokens: tokens.len(),
+            first_loss: f32::NAN,
+            last_loss: f32::NAN,
+            seconds: 0.0,
+        };
+        let model = self.model.clone();
+        let tf = model.transformer();
+        let mut read = 0;
+        let mut stopped = false;
+        let mut outcome = Ok(());
+        for w in &windows {
+            if self.cancelled() {
+                outcome = Err(Error::new(ErrorKind::Cancelled, "adapt was cancelled"));
+                break;
+            }
+            let window = &input[w.clone()];
+            let trainer = self.trainer.as_mut().expect("ensured above");
+            let cache = &mut self.cache;
+            let step = match model.compute(|| trainer.step(tf, cache, window, params)) {
+                Ok(step) => step,
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            };
+            self.tokens.extend_from_slice(window);
+            read = w.end;
+            if !params.keep_kv {
+                self.kv_stale = true;
+            }
+            result.steps += 1;
+            if result.steps == 1 {
+                result.first_loss = step.loss;
+            }
+            result.last_loss = step.loss;
+            let go_on = progress(&AdaptProgress {
+                step: result.steps,
+                total_steps: windows.len(),
+                loss: step.loss,
+                grad_norm: step.grad_norm,
+            });
+            if !go_on {
+                stopped = true;
+                break;
+            }
+        }
+        // A lone token (nothing to score) is read without a step.
+        if outcome.is_ok() && !stopped && read < input.len() {
+            let rest = &input[read..];
+            let cache = &mut self.cache;
+            let adapters = self.trainer.as_ref().map(|t| &t.adapters);
+            model.compute(|| tf.forward_with(cache, rest, adapters, None))?;
+            self.tokens.extend_from_slice(rest);
+            read = input.len();
+        }
+        if read == input.len() {
+            self.unfed.push(last);
+        } else if read < pending {
+            // Stopped before the tokens a previous generate left unfed were read: keep them.
+            self.unfed = input[read..pending].to_vec();
+        }
+        result.seconds = start.elapsed().as_secs_f64();
+        outcome.map(|()| result)
+    }
+
     /// Creates the adapters on first use; refuses parameters of another shape than the
     /// adapters the session already has.
     fn ensure_trainer(&mut self, params: &AdaptParams) -> Result<()> {

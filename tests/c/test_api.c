@@ -853,6 +853,53 @@ static void test_adapt(const bit_ttt_model *m) {
     bit_ttt_session_free(s);
 }
 
+static void test_adapt_online(const bit_ttt_model *m) {
+    /* Reading online with lr = 0 equals reading the text as a prompt: same next tokens. */
+    bit_ttt_session *s = new_session(m, 256, 16);
+    bit_ttt_adapt_params p = adapt_params();
+    p.learning_rate = 0.0f;
+    p.chunk_tokens = 16;
+    progress_log log = {0};
+    p.on_progress = on_progress;
+    p.user_data = &log;
+    bit_ttt_adapt_result r = {.struct_size = sizeof r};
+    OK(bit_ttt_adapt_online(s, ADAPT_TEXT, BIT_TTT_NUL_TERMINATED, &p, &r));
+    CHECK(r.steps >= 2 && log.calls == (int)r.steps && r.first_loss == log.first);
+    bit_ttt_generate_params g = greedy(6);
+    g.ignore_eos = 1;
+    OK(bit_ttt_generate(s, "", 0, &g, NULL));
+    int32_t want[8], got[8];
+    size_t n = last_tokens(s, got, 8);
+    bit_ttt_session *plain = new_session(m, 256, 16);
+    OK(bit_ttt_generate(plain, ADAPT_TEXT, BIT_TTT_NUL_TERMINATED, &g, NULL));
+    CHECK(last_tokens(plain, want, 8) == n && memcmp(got, want, n * sizeof *got) == 0);
+    bit_ttt_session_free(plain);
+
+    /* Too long for the context: refused, nothing read. */
+    bit_ttt_session *small = new_session(m, 16, 16);
+    EXPECT(bit_ttt_adapt_online(small, ADAPT_TEXT, BIT_TTT_NUL_TERMINATED, NULL, NULL),
+           BIT_TTT_CONTEXT_FULL);
+    EXPECT(bit_ttt_adapt_online(NULL, ADAPT_TEXT, BIT_TTT_NUL_TERMINATED, NULL, NULL),
+           BIT_TTT_NULL_POINTER);
+    EXPECT(bit_ttt_adapt_online(small, "\xff", 1, NULL, NULL), BIT_TTT_INVALID_UTF8);
+    bit_ttt_session_free(small);
+
+    /* Async online read with learning. */
+    OK(bit_ttt_session_reset(s, BIT_TTT_RESET_ALL));
+    bit_ttt_adapt_params pa = adapt_params();
+    pa.chunk_tokens = 16;
+    bit_ttt_job *job = NULL;
+    OK(bit_ttt_adapt_online_async(s, ADAPT_TEXT, BIT_TTT_NUL_TERMINATED, &pa, &job));
+    uint8_t done = 0;
+    OK(bit_ttt_job_wait(job, -1, &done));
+    bit_ttt_adapt_result ra = {.struct_size = sizeof ra};
+    OK(bit_ttt_job_adapt_result(job, &ra));
+    CHECK(ra.steps == r.steps && ra.first_loss == r.first_loss);
+    bit_ttt_job_free(job);
+    OK(bit_ttt_generate(s, "", 0, &g, NULL));
+    bit_ttt_session_free(s);
+}
+
 int main(int argc, char **argv) {
     if (argc != 4) {
         fprintf(stderr, "usage: %s MODEL_DIR OTHER_MODEL_DIR SCRATCH_DIR\n", argv[0]);
@@ -875,6 +922,7 @@ int main(int argc, char **argv) {
     test_state(m);
     test_async(m);
     test_adapt(m);
+    test_adapt_online(m);
     bit_ttt_model_free(m);
     printf("test_api: %d checks passed\n", g_checks);
     return 0;

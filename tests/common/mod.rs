@@ -18,3 +18,18 @@ pub fn fixture(name: &str) -> PathBuf {
         .join("tests/fixtures")
         .join(name)
 }
+
+/// The sample model shipped in the repository (tools/train_sample.py).
+pub fn sample_model() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/sample")
+}
+
+/// Every model with a transformers reference: (name, model folder, reference folder).
+pub fn parity_cases() -> Vec<(&'static str, PathBuf, PathBuf)> {
+    let mut cases: Vec<_> = FIXTURES
+        .iter()
+        .map(|&n| (n, fixture(n), fixture(n)))
+        .collect();
+    cases.push(("sample", sample_model(), fixture("sample_reference")));
+    cases
+}

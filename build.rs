@@ -1,8 +1,58 @@
-//! Writes include/bit_ttt.h from src/ffi/ with cbindgen (configuration in cbindgen.toml).
+//! Writes include/bit_ttt.h from src/ffi/ with cbindgen (configuration in cbindgen.toml), and
+//! with the `cuda` feature compiles kernels/*.cu with nvcc into one fatbin that the library embeds.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Machine code for these GPUs, plus compute_80 PTX that newer ones JIT-compile.
+const CUDA_ARCHS: [&str; 4] = ["80", "86", "89", "90"];
+
+/// nvcc from `NVCC`, else from PATH. None: the kernels are compiled by NVRTC at first use.
+fn find_nvcc() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("NVCC") {
+        return Some(PathBuf::from(p));
+    }
+    let ok = Command::new("nvcc").arg("--version").output();
+    ok.is_ok_and(|o| o.status.success())
+        .then(|| PathBuf::from("nvcc"))
+}
+
+fn compile_cuda(crate_dir: &Path) {
+    println!("cargo:rerun-if-changed=kernels");
+    println!("cargo:rerun-if-env-changed=NVCC");
+    let Some(nvcc) = find_nvcc() else {
+        println!(
+            "cargo:warning=cuda feature: nvcc not found (set NVCC or put it on PATH); the kernels will be compiled by NVRTC at first use"
+        );
+        return;
+    };
+    let out =
+        PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("ternary.fatbin");
+    let mut cmd = Command::new(&nvcc);
+    cmd.arg("-fatbin").arg("-O3").arg("-std=c++17");
+    for a in CUDA_ARCHS {
+        cmd.arg(format!("-gencode=arch=compute_{a},code=sm_{a}"));
+    }
+    cmd.arg("-gencode=arch=compute_80,code=compute_80");
+    cmd.arg(crate_dir.join("kernels/ternary.cu"))
+        .arg("-o")
+        .arg(&out);
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("cuda feature: cannot run {}: {e}", nvcc.display()));
+    assert!(
+        status.success(),
+        "cuda feature: nvcc failed on kernels/ternary.cu ({status})"
+    );
+    println!("cargo:rustc-cfg=bit_ttt_cuda_fatbin");
+}
 
 fn main() {
+    println!("cargo::rustc-check-cfg=cfg(bit_ttt_cuda_fatbin)");
+    if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
+        let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"));
+        compile_cuda(&dir);
+    }
     println!("cargo:rerun-if-changed=src/ffi");
     println!("cargo:rerun-if-changed=cbindgen.toml");
     println!("cargo:rerun-if-changed=build.rs");

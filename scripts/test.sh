@@ -36,6 +36,15 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "tests"
 cargo test --workspace
 
+step "CUDA feature: kernels compiled by nvcc (PyPI wheels, CUDA 13.0) and by NVRTC's path; no GPU here, so CUDA must say why it is off and the CPU path run"
+python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+NVCC="$(bash scripts/fetch_nvcc.sh)"
+NVCC="$NVCC" cargo clippy -p bit_ttt --features cuda --all-targets -- -D warnings
+NVCC="$NVCC" cargo test -p bit_ttt --features cuda --test cuda -- --nocapture
+# Without nvcc the build embeds the sources for NVRTC; it must still build.
+env -u NVCC PATH="$(echo "$PATH" | tr ':' '\n' | grep -v -i cuda | paste -sd:)" \
+  cargo build -p bit_ttt --features cuda
+
 step "NEON kernels (aarch64) under qemu, without and with dotprod"
 rustup target list --installed | grep -q '^aarch64-unknown-linux-gnu$' || rustup target add aarch64-unknown-linux-gnu
 have aarch64-linux-gnu-gcc || apt_install gcc-aarch64-linux-gnu

@@ -17,6 +17,8 @@
 
 pub mod adapt;
 pub mod config;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod error;
 pub mod ffi;
 pub mod kernels;

@@ -190,7 +190,7 @@ pub fn system_info() -> String {
     let default =
         Kernel::select(None).map_or_else(|e| format!("error: {e}"), |k| k.name().to_string());
     format!(
-        "bit_ttt {}\narch: {}\ncpu features: {}\nternary kernels: {}\nternary kernel: {}\nthreads available: {}\ncuda: not built\n",
+        "bit_ttt {}\narch: {}\ncpu features: {}\nternary kernels: {}\nternary kernel: {}\nthreads available: {}\ncuda: {}\n",
         env!("CARGO_PKG_VERSION"),
         std::env::consts::ARCH,
         cpu_features().join(" "),
@@ -201,5 +201,16 @@ pub fn system_info() -> String {
             .join(" "),
         default,
         std::thread::available_parallelism().map_or(1, |n| n.get()),
+        cuda_line(),
     )
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_line() -> String {
+    crate::cuda::describe()
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_line() -> String {
+    "not built (cargo feature `cuda`)".to_string()
 }

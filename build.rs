@@ -27,14 +27,17 @@ fn compile_cuda(crate_dir: &Path) {
         return;
     };
     let out =
-        PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("ternary.fatbin");
+        PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("bitnet.fatbin");
     let mut cmd = Command::new(&nvcc);
-    cmd.arg("-fatbin").arg("-O3").arg("-std=c++17");
+    cmd.arg("-fatbin")
+        .arg("-O3")
+        .arg("-std=c++17")
+        .arg("-fmad=false");
     for a in CUDA_ARCHS {
         cmd.arg(format!("-gencode=arch=compute_{a},code=sm_{a}"));
     }
     cmd.arg("-gencode=arch=compute_80,code=compute_80");
-    cmd.arg(crate_dir.join("kernels/ternary.cu"))
+    cmd.arg(crate_dir.join("kernels/bitnet.cu"))
         .arg("-o")
         .arg(&out);
     let status = cmd
@@ -42,7 +45,7 @@ fn compile_cuda(crate_dir: &Path) {
         .unwrap_or_else(|e| panic!("cuda feature: cannot run {}: {e}", nvcc.display()));
     assert!(
         status.success(),
-        "cuda feature: nvcc failed on kernels/ternary.cu ({status})"
+        "cuda feature: nvcc failed on kernels/bitnet.cu ({status})"
     );
     println!("cargo:rustc-cfg=bit_ttt_cuda_fatbin");
 }

@@ -140,3 +140,97 @@ fn bad_shapes_are_named_errors() {
     let err = g.ternary_gemv(&w, &[0i8; 5]).err().unwrap();
     assert!(err.to_string().contains("activations"), "{err}");
 }
+
+fn argmax(row: &[f32]) -> (usize, f32) {
+    let mut best = (0, f32::NEG_INFINITY, f32::NEG_INFINITY);
+    for (i, &v) in row.iter().enumerate() {
+        if v > best.1 {
+            best = (i, v, best.1);
+        } else if v > best.2 {
+            best.2 = v;
+        }
+    }
+    (best.0, best.1 - best.2)
+}
+
+#[test]
+fn gpu_model_is_refused_with_the_reason_when_cuda_is_off() {
+    let model = Model::load(
+        common::fixture("bitnet_packed_auto"),
+        &ModelParams::default(),
+    )
+    .unwrap();
+    match cuda::status() {
+        Ok(_) => assert!(cuda::GpuModel::new(&model).is_ok()),
+        Err(why) => {
+            let err = cuda::GpuModel::new(&model).err().unwrap();
+            assert_eq!(err.kind(), bit_ttt::ErrorKind::Unsupported);
+            assert!(err.to_string().contains(why), "{err}");
+        }
+    }
+}
+
+/// The whole forward pass on the GPU against the CPU, on every fixture and the sample model. The
+/// hidden states are the CPU's bit for bit (kernels/bitnet.cu keeps the CPU's order of every sum
+/// that feeds a layer), so only the head's summation order separates the logits, and greedy
+/// decoding must agree token for token.
+#[test]
+fn gpu_forward_matches_the_cpu_on_every_model() {
+    if gpu().is_none() {
+        return;
+    }
+    let prompt = "The committee met on Tuesday to discuss the new budget, and several members said";
+    for (name, dir, _) in common::parity_cases() {
+        let model = Model::load(&dir, &ModelParams::default()).unwrap();
+        let gm = match cuda::GpuModel::new(&model) {
+            Ok(g) => g,
+            Err(e) if e.kind() == bit_ttt::ErrorKind::Unsupported => {
+                println!("{name}: not on the GPU yet ({e})");
+                continue;
+            }
+            Err(e) => panic!("{name}: {e}"),
+        };
+        let tokens = model.tokenize(prompt, true).unwrap();
+        let vocab = model.config().vocab_size;
+        let mut cpu = Session::new(
+            &model,
+            &SessionParams {
+                n_ctx: 256,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let want = cpu.eval(&tokens).unwrap();
+        let mut cache = gm.new_cache(256).unwrap();
+        let got = gm.forward(&mut cache, &tokens, true).unwrap();
+        assert_eq!(got.len(), want.len(), "{name}");
+        let max = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        println!(
+            "{name}: {} prompt tokens, max |logit GPU - CPU| = {max:.2e}",
+            tokens.len()
+        );
+        assert!(max < 1e-3, "{name}: logits differ by {max}");
+
+        // Greedy decoding, one token at a time on both.
+        let mut last = want[(tokens.len() - 1) * vocab..].to_vec();
+        let mut gpu_last = got[(tokens.len() - 1) * vocab..].to_vec();
+        let mut same = 0;
+        for _ in 0..24 {
+            let (next, gap) = argmax(&last);
+            let (gnext, _) = argmax(&gpu_last);
+            if gap < 1e-4 {
+                break; // an exact tie: the head's summation order may break it either way
+            }
+            assert_eq!(gnext, next, "{name}: greedy token {same} differs");
+            same += 1;
+            last = cpu.eval(&[next as u32]).unwrap();
+            gpu_last = gm.forward(&mut cache, &[next as u32], false).unwrap();
+        }
+        println!("{name}: {same} greedy tokens identical");
+        assert!(same >= 16, "{name}: only {same} greedy tokens compared");
+    }
+}

@@ -78,6 +78,11 @@ pub struct AdaptArgs {
     load_state: Option<PathBuf>,
     #[command(flatten)]
     options: AdaptOptions,
+    /// Online: read the text into the context, scoring each window before one step on it
+    /// (score-then-update, one pass); `generate --load-state` then continues after the text.
+    /// Reports the bits/token of that reading against the base model's.
+    #[arg(long)]
+    online: bool,
     /// Print one JSON line at the end instead of the progress bar and summary.
     #[arg(long)]
     json: bool,
@@ -111,7 +116,9 @@ pub fn adapt(a: &AdaptArgs) -> bit_ttt::Result<()> {
     }
     let params = a.options.params();
     let tokens = model.tokenize(&text, true)?;
-    let before = bits(&mut session, &tokens, 1)?;
+    let window = session.n_ctx();
+    let base = session.score_windowed(&tokens, 1, window)?; // base[p - 1] scores token p
+    let mut before = base.iter().sum::<f64>() / base.len().max(1) as f64 / std::f64::consts::LN_2;
     let bar = if a.json {
         ProgressBar::hidden()
     } else {
@@ -120,14 +127,43 @@ pub fn adapt(a: &AdaptArgs) -> bit_ttt::Result<()> {
                 .expect("valid template"),
         )
     };
-    let r = session.adapt_tokens(&tokens, &params, |p| {
+    let mut losses = Vec::new();
+    let on_step = |p: &bit_ttt::adapt::AdaptProgress| {
         bar.set_length(p.total_steps as u64);
         bar.set_position(p.step as u64);
         bar.set_message(format!("{:.3}", p.loss));
+        losses.push(f64::from(p.loss));
         true
-    })?;
-    bar.finish();
-    let after = bits(&mut session, &tokens, 1)?;
+    };
+    let (r, after) = if a.online {
+        if !session.tokens().is_empty() {
+            return Err(Error::invalid_argument(
+                "adapt --online reads the text as the start of the context: the loaded state \
+                 already has a context",
+            ));
+        }
+        let r = session.adapt_online_tokens(&tokens, &params, on_step)?;
+        // Windows over all tokens but the last (left for generate), as adapt_online reads them.
+        let windows = bit_ttt::adapt::windows(tokens.len() - 1, params.chunk_tokens);
+        let (sum, n) = windows
+            .iter()
+            .zip(&losses)
+            .fold((0.0, 0usize), |(s, n), (w, l)| {
+                (s + l * (w.len() - 1) as f64, n + w.len() - 1)
+            });
+        // The base model's bits on the same predictions (a window's first token is not one).
+        let base_sum: f64 = windows
+            .iter()
+            .map(|w| base[w.start..w.end - 1].iter().sum::<f64>())
+            .sum();
+        before = base_sum / n.max(1) as f64 / std::f64::consts::LN_2;
+        bar.finish();
+        (r, sum / n.max(1) as f64 / std::f64::consts::LN_2)
+    } else {
+        let r = session.adapt_tokens(&tokens, &params, on_step)?;
+        bar.finish();
+        (r, bits(&mut session, &tokens, 1)?)
+    };
     if let Some(p) = &a.save_state {
         std::fs::write(p, session.save_state()).map_err(|e| Error::io(p, &e))?;
     }
@@ -136,7 +172,7 @@ pub fn adapt(a: &AdaptArgs) -> bit_ttt::Result<()> {
             "{}",
             json!({"tokens": r.tokens, "steps": r.steps, "first_loss": r.first_loss,
                    "last_loss": r.last_loss, "seconds": r.seconds,
-                   "bits_before": before, "bits_after": after})
+                   "bits_before": before, "bits_after": after, "online": a.online})
         );
     } else {
         eprintln!(

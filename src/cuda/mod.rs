@@ -3,9 +3,9 @@
 //! The driver is loaded at run time, so a library built with `cuda` loads and runs on the CPU
 //! on machines without one; [`status`] says why CUDA is off.
 //!
-//! What exists so far: the device, the module, activation quantisation and the ternary GEMV on
-//! the Hugging Face packed layout, each equal to the CPU oracle bit for bit (tests/cuda.rs).
-//! The model's forward pass does not use them yet.
+//! What exists so far: the device, the module, the kernels of the forward pass (bit-exact
+//! against the CPU on their integer outputs) and [`GpuModel`], the whole forward pass on the GPU
+//! for the base model (tests/cuda.rs compares it with the CPU). Sessions do not use it yet.
 
 use std::sync::{Arc, OnceLock};
 
@@ -15,11 +15,14 @@ use cudarc::driver::{
 
 use crate::error::{Error, ErrorKind, Result};
 
+mod model;
+pub use model::{GpuCache, GpuModel};
+
 /// The kernels' source, for NVRTC when no fatbin was built.
-const SOURCE: &str = include_str!("../../kernels/ternary.cu");
+const SOURCE: &str = include_str!("../../kernels/bitnet.cu");
 
 #[cfg(bit_ttt_cuda_fatbin)]
-const FATBIN: Option<&[u8]> = Some(include_bytes!(concat!(env!("OUT_DIR"), "/ternary.fatbin")));
+const FATBIN: Option<&[u8]> = Some(include_bytes!(concat!(env!("OUT_DIR"), "/bitnet.fatbin")));
 #[cfg(not(bit_ttt_cuda_fatbin))]
 const FATBIN: Option<&[u8]> = None;
 
@@ -30,9 +33,22 @@ pub struct Gpu {
     pub capability: (i32, i32),
     /// "fatbin (nvcc)" or "NVRTC".
     pub kernels_from: &'static str,
-    stream: Arc<CudaStream>,
-    quantize_rows: CudaFunction,
-    ternary_gemv: CudaFunction,
+    pub(crate) stream: Arc<CudaStream>,
+    pub(crate) k: Kernels,
+}
+
+/// Every kernel of kernels/bitnet.cu.
+pub(crate) struct Kernels {
+    pub quantize_rows: CudaFunction,
+    pub ternary_gemv: CudaFunction,
+    pub rms_norm: CudaFunction,
+    pub quantize_padded: CudaFunction,
+    pub ternary_linear: CudaFunction,
+    pub rope: CudaFunction,
+    pub attention: CudaFunction,
+    pub glu: CudaFunction,
+    pub add_inplace: CudaFunction,
+    pub dense_head: CudaFunction,
 }
 
 /// The GPU, or why CUDA is off (no driver, no device, a load error). Probed once.
@@ -98,6 +114,7 @@ fn open() -> std::result::Result<Gpu, String> {
         None => {
             let opts = cudarc::nvrtc::CompileOptions {
                 arch: Some("compute_80"),
+                fmad: Some(false),
                 ..Default::default()
             };
             let ptx =
@@ -113,21 +130,32 @@ fn open() -> std::result::Result<Gpu, String> {
             .load_function(n)
             .map_err(|e| format!("kernel {n}: {e:?}"))
     };
+    let k = Kernels {
+        quantize_rows: f("quantize_rows")?,
+        ternary_gemv: f("ternary_gemv")?,
+        rms_norm: f("rms_norm")?,
+        quantize_padded: f("quantize_padded")?,
+        ternary_linear: f("ternary_linear")?,
+        rope: f("rope")?,
+        attention: f("attention")?,
+        glu: f("glu")?,
+        add_inplace: f("add_inplace")?,
+        dense_head: f("dense_head")?,
+    };
     Ok(Gpu {
         name,
         capability,
         kernels_from,
-        quantize_rows: f("quantize_rows")?,
-        ternary_gemv: f("ternary_gemv")?,
         stream: ctx.default_stream(),
+        k,
     })
 }
 
-fn cuda_err(what: &str, e: impl std::fmt::Debug) -> Error {
+pub(crate) fn cuda_err(what: &str, e: impl std::fmt::Debug) -> Error {
     Error::new(ErrorKind::Internal, format!("CUDA {what}: {e:?}"))
 }
 
-fn dim(n: usize, what: &str) -> Result<i32> {
+pub(crate) fn dim(n: usize, what: &str) -> Result<i32> {
     i32::try_from(n).map_err(|_| {
         Error::invalid_argument(format!("{what} = {n} is too large for the GPU kernels"))
     })
@@ -185,7 +213,7 @@ impl Gpu {
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut b = self.stream.launch_builder(&self.quantize_rows);
+        let mut b = self.stream.launch_builder(&self.k.quantize_rows);
         b.arg(&dx).arg(&mut q).arg(&mut s).arg(&cols_i);
         // SAFETY: the arguments match the kernel's signature (const float*, int8*, float*, int)
         // and the buffers hold n_tok × cols and n_tok elements, the ranges the kernel touches.
@@ -231,7 +259,7 @@ impl Gpu {
             shared_mem_bytes: 0,
         };
         let (rows, cols) = (dim(w.rows, "rows")?, dim(w.cols, "cols")?);
-        let mut b = self.stream.launch_builder(&self.ternary_gemv);
+        let mut b = self.stream.launch_builder(&self.k.ternary_gemv);
         b.arg(&w.packed)
             .arg(&rows)
             .arg(&cols)

@@ -68,6 +68,11 @@ impl Transformer {
         self.head_int8.as_ref().map_or(0, Int8Matrix::bytes)
     }
 
+    /// The rotary embedding tables.
+    pub fn rope(&self) -> &Rope {
+        &self.rope
+    }
+
     /// The ternary kernel this model computes with.
     pub fn kernel(&self) -> Kernel {
         self.kernel

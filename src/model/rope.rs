@@ -47,6 +47,11 @@ impl Rope {
         }
     }
 
+    /// The inverse frequencies, one per rotated pair.
+    pub fn inv_freq(&self) -> &[f32] {
+        &self.inv_freq
+    }
+
     pub fn half_dim(&self) -> usize {
         self.inv_freq.len()
     }

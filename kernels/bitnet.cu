@@ -183,8 +183,9 @@ extern "C" __global__ void quantize_padded(const float *__restrict__ x, int cols
 
 // BitLinear on the CPU kernels' layout (src/kernels/packed.rs): row r is row_bytes bytes; in each
 // 64-byte block b, byte j holds columns 256b + j + {0, 64, 128, 192} at bits 0, 2, 4, 6; padding
-// columns hold code 1 (weight 0). One warp per output row, LIN_TOK tokens per warp so a weight
-// word is read once for them. out[t][r] = acc * (gamma / s[t]), as Linear::forward.
+// columns hold code 1 (weight 0). One warp per output row, each lane a 16-byte load (16 columns
+// of each of the four column groups) per pass, LIN_TOK tokens per warp so a weight load serves
+// them all. out[t][r] = acc * (gamma / s[t]), as Linear::forward.
 extern "C" __global__ void ternary_linear(const u8 *__restrict__ w, int rows, int row_bytes,
                                           const i8 *__restrict__ q, const float *__restrict__ s,
                                           float gamma, int n_tok, float *__restrict__ out) {
@@ -194,22 +195,26 @@ extern "C" __global__ void ternary_linear(const u8 *__restrict__ w, int rows, in
     const int t0 = blockIdx.y * LIN_TOK;
     const int nt = min(LIN_TOK, n_tok - t0);
     const int stride = row_bytes * 4;
-    const unsigned int *wr = (const unsigned int *)(w + (long long)r * row_bytes);
+    const uint4 *wr = (const uint4 *)(w + (long long)r * row_bytes);
     int acc[LIN_TOK] = {0, 0, 0, 0};
-    for (int i = lane; i < row_bytes / 4; i += WARP) {
-        const unsigned int wb = wr[i];
-        const int o = i * 4;
+    for (int i = lane; i < row_bytes / 16; i += WARP) {
+        const uint4 wb = __ldg(wr + i);
+        const int o = i * 16;
         const int base = (o / 64) * 256 + (o % 64);
-        const int w0 = decode4(wb, 0), w1 = decode4(wb, 2), w2 = decode4(wb, 4), w3 = decode4(wb, 6);
+        const unsigned int words[4] = {wb.x, wb.y, wb.z, wb.w};
 #pragma unroll
         for (int k = 0; k < LIN_TOK; k++) {
             if (k < nt) {
                 const i8 *qt = q + (long long)(t0 + k) * stride + base;
                 int a = acc[k];
-                a = __dp4a(w0, *(const int *)(qt), a);
-                a = __dp4a(w1, *(const int *)(qt + 64), a);
-                a = __dp4a(w2, *(const int *)(qt + 128), a);
-                a = __dp4a(w3, *(const int *)(qt + 192), a);
+#pragma unroll
+                for (int g = 0; g < 4; g++) {
+                    const int4 x = *(const int4 *)(qt + 64 * g);
+                    a = __dp4a(decode4(words[0], 2 * g), x.x, a);
+                    a = __dp4a(decode4(words[1], 2 * g), x.y, a);
+                    a = __dp4a(decode4(words[2], 2 * g), x.z, a);
+                    a = __dp4a(decode4(words[3], 2 * g), x.w, a);
+                }
                 acc[k] = a;
             }
         }

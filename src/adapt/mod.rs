@@ -52,7 +52,7 @@ impl Default for AdaptParams {
             alpha: 16.0,
             layers: 0,
             projections: ALL_PROJECTIONS,
-            learning_rate: 1e-3,
+            learning_rate: 3e-3,
             weight_decay: 0.0,
             beta1: 0.9,
             beta2: 0.999,

@@ -41,12 +41,36 @@ pub struct GpuModel {
     inv_freq: CudaSlice<f32>,
 }
 
-/// Keys and values of one sequence on the GPU.
+/// Keys and values of one sequence on the GPU, and the activation buffers its forward passes
+/// reuse (allocated for the largest batch seen, so decoding allocates nothing per token).
 pub struct GpuCache {
     k: Vec<CudaSlice<f32>>,
     v: Vec<CudaSlice<f32>>,
     len: usize,
     capacity: usize,
+    work: Option<Work>,
+}
+
+/// Activations of up to `n` tokens.
+struct Work {
+    n: usize,
+    x: CudaSlice<f32>,
+    h: CudaSlice<f32>,
+    q: CudaSlice<f32>,
+    k: CudaSlice<f32>,
+    v: CudaSlice<f32>,
+    att: CudaSlice<f32>,
+    att_n: CudaSlice<f32>,
+    o: CudaSlice<f32>,
+    gate: CudaSlice<f32>,
+    up: CudaSlice<f32>,
+    m: CudaSlice<f32>,
+    m_n: CudaSlice<f32>,
+    qi8: CudaSlice<i8>,
+    qs: CudaSlice<f32>,
+    /// Attention scores, `[n × heads, capacity]`.
+    scratch: CudaSlice<f32>,
+    logits: CudaSlice<f32>,
 }
 
 impl GpuCache {
@@ -167,6 +191,44 @@ impl GpuModel {
             v: alloc()?,
             len: 0,
             capacity,
+            work: None,
+        })
+    }
+
+    fn work(&self, n: usize, capacity: usize) -> Result<Work> {
+        let cfg = self.model.config();
+        let s = &self.gpu.stream;
+        let f = |len: usize| {
+            s.alloc_zeros::<f32>(len.max(1))
+                .map_err(|e| cuda_err("alloc", e))
+        };
+        let (hidden, q_dim, kv_dim, ffn) = (
+            cfg.hidden_size,
+            cfg.q_dim(),
+            cfg.kv_dim(),
+            cfg.intermediate_size,
+        );
+        let widest = [hidden, q_dim, ffn].into_iter().max().unwrap_or(hidden);
+        Ok(Work {
+            n,
+            x: f(n * hidden)?,
+            h: f(n * hidden)?,
+            q: f(n * q_dim)?,
+            k: f(n * kv_dim)?,
+            v: f(n * kv_dim)?,
+            att: f(n * q_dim)?,
+            att_n: f(n * q_dim)?,
+            o: f(n * hidden)?,
+            gate: f(n * ffn)?,
+            up: f(n * ffn)?,
+            m: f(n * ffn)?,
+            m_n: f(n * ffn)?,
+            qi8: s
+                .alloc_zeros::<i8>(n * widest.div_ceil(256) * 256)
+                .map_err(|e| cuda_err("alloc", e))?,
+            qs: f(n)?,
+            scratch: f(n * cfg.num_heads * capacity)?,
+            logits: f(n * cfg.vocab_size)?,
         })
     }
 
@@ -204,93 +266,114 @@ impl GpuModel {
             }
             tf.weights.embed.row_into(*t as usize, row);
         }
-        let up = |v: &[f32]| s.clone_htod(v).map_err(|e| cuda_err("upload", e));
-        let zeros = |len: usize| s.alloc_zeros::<f32>(len).map_err(|e| cuda_err("alloc", e));
-        let mut x = up(&x_host)?;
+        if cache.work.as_ref().is_none_or(|w| w.n < n) {
+            cache.work = None; // free the smaller buffers first
+            cache.work = Some(self.work(n, cache.capacity)?);
+        }
         let (q_dim, kv_dim, ffn) = (cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
         let eps = cfg.rms_norm_eps;
-        let mut h = zeros(n * hidden)?;
-        let mut q = zeros(n * q_dim)?;
-        let mut kbuf = zeros(n * kv_dim)?;
-        let mut vbuf = zeros(n * kv_dim)?;
-        let mut att = zeros(n * q_dim)?;
-        let mut att_n = zeros(n * q_dim)?;
-        let mut o = zeros(n * hidden)?;
-        let mut gate = zeros(n * ffn)?;
-        let mut upb = zeros(n * ffn)?;
-        let mut m = zeros(n * ffn)?;
-        let mut m_n = zeros(n * ffn)?;
-        let widest = [hidden, q_dim, ffn].into_iter().max().unwrap_or(hidden);
-        let mut qi8 = s
-            .alloc_zeros::<i8>(n * widest.div_ceil(256) * 256)
-            .map_err(|e| cuda_err("alloc", e))?;
-        let mut qs = zeros(n)?;
-        let visible_max = cache.len + n;
-        let mut scratch = zeros(n * cfg.num_heads * visible_max)?;
-        let past = cache.len;
+        let GpuCache {
+            k: kc,
+            v: vc,
+            len,
+            capacity,
+            work,
+        } = cache;
+        let Work {
+            x,
+            h,
+            q,
+            k: kbuf,
+            v: vbuf,
+            att,
+            att_n,
+            o,
+            gate,
+            up: upb,
+            m,
+            m_n,
+            qi8,
+            qs,
+            scratch,
+            logits,
+            ..
+        } = work.as_mut().expect("allocated above");
+        s.memcpy_htod(&x_host, &mut x.slice_mut(0..n * hidden))
+            .map_err(|e| cuda_err("upload", e))?;
+        let visible_max = *capacity;
+        let past = *len;
         let relu2 = i32::from(cfg.activation == Activation::Relu2);
 
         for (li, l) in self.layers.iter().enumerate() {
             let [lq, lk, lv, lo, lg, lu, ld] = &l.lin;
-            self.rms_norm(&x, &l.input_norm, eps, &mut h, n, hidden)?;
-            self.quantize(&h, hidden, lq.row_bytes * 4, n, &mut qi8, &mut qs)?;
-            self.linear(lq, &qi8, &qs, n, &mut q)?;
-            self.linear(lk, &qi8, &qs, n, &mut kbuf)?;
-            self.linear(lv, &qi8, &qs, n, &mut vbuf)?;
-            self.rope(&mut q, n, cfg.num_heads, past)?;
-            self.rope(&mut kbuf, n, cfg.num_kv_heads, past)?;
+            self.rms_norm(x, &l.input_norm, eps, h, n, hidden)?;
+            self.quantize(h, hidden, lq.row_bytes * 4, n, qi8, qs)?;
+            self.linear(lq, qi8, qs, n, q)?;
+            self.linear(lk, qi8, qs, n, kbuf)?;
+            self.linear(lv, qi8, qs, n, vbuf)?;
+            self.rope(q, n, cfg.num_heads, past)?;
+            self.rope(kbuf, n, cfg.num_kv_heads, past)?;
             let off = past * kv_dim;
-            s.memcpy_dtod(&kbuf, &mut cache.k[li].slice_mut(off..off + n * kv_dim))
-                .map_err(|e| cuda_err("copy", e))?;
-            s.memcpy_dtod(&vbuf, &mut cache.v[li].slice_mut(off..off + n * kv_dim))
-                .map_err(|e| cuda_err("copy", e))?;
+            s.memcpy_dtod(
+                &kbuf.slice(0..n * kv_dim),
+                &mut kc[li].slice_mut(off..off + n * kv_dim),
+            )
+            .map_err(|e| cuda_err("copy", e))?;
+            s.memcpy_dtod(
+                &vbuf.slice(0..n * kv_dim),
+                &mut vc[li].slice_mut(off..off + n * kv_dim),
+            )
+            .map_err(|e| cuda_err("copy", e))?;
             self.attention(
-                &q,
-                &cache.k[li],
-                &cache.v[li],
-                &mut att,
-                &mut scratch,
+                q,
+                &kc[li],
+                &vc[li],
+                att,
+                scratch,
                 past,
                 n,
                 visible_max,
             )?;
             let a_in = match &l.attn_sub_norm {
                 Some(wn) => {
-                    self.rms_norm(&att, wn, eps, &mut att_n, n, q_dim)?;
-                    &att_n
+                    self.rms_norm(att, wn, eps, att_n, n, q_dim)?;
+                    &*att_n
                 }
-                None => &att,
+                None => &*att,
             };
-            self.quantize(a_in, q_dim, lo.row_bytes * 4, n, &mut qi8, &mut qs)?;
-            self.linear(lo, &qi8, &qs, n, &mut o)?;
-            self.add(&mut x, &o, n * hidden)?;
+            self.quantize(a_in, q_dim, lo.row_bytes * 4, n, qi8, qs)?;
+            self.linear(lo, qi8, qs, n, o)?;
+            self.add(x, o, n * hidden)?;
 
-            self.rms_norm(&x, &l.post_attention_norm, eps, &mut h, n, hidden)?;
-            self.quantize(&h, hidden, lg.row_bytes * 4, n, &mut qi8, &mut qs)?;
-            self.linear(lg, &qi8, &qs, n, &mut gate)?;
-            self.linear(lu, &qi8, &qs, n, &mut upb)?;
-            let len = (n * ffn) as i64;
+            self.rms_norm(x, &l.post_attention_norm, eps, h, n, hidden)?;
+            self.quantize(h, hidden, lg.row_bytes * 4, n, qi8, qs)?;
+            self.linear(lg, qi8, qs, n, gate)?;
+            self.linear(lu, qi8, qs, n, upb)?;
+            let glu_len = (n * ffn) as i64;
             let mut b = s.launch_builder(&self.gpu.k.glu);
-            b.arg(&gate).arg(&upb).arg(&mut m).arg(&len).arg(&relu2);
+            b.arg(&*gate)
+                .arg(&*upb)
+                .arg(&mut *m)
+                .arg(&glu_len)
+                .arg(&relu2);
             // SAFETY: (const float*, const float*, float*, long long, int); all hold n × ffn.
             unsafe { b.launch(cfg1(n * ffn, 256)?) }.map_err(|e| cuda_err("glu", e))?;
             let m_in = match &l.ffn_sub_norm {
                 Some(wn) => {
-                    self.rms_norm(&m, wn, eps, &mut m_n, n, ffn)?;
-                    &m_n
+                    self.rms_norm(m, wn, eps, m_n, n, ffn)?;
+                    &*m_n
                 }
-                None => &m,
+                None => &*m,
             };
-            self.quantize(m_in, ffn, ld.row_bytes * 4, n, &mut qi8, &mut qs)?;
-            self.linear(ld, &qi8, &qs, n, &mut o)?;
-            self.add(&mut x, &o, n * hidden)?;
+            self.quantize(m_in, ffn, ld.row_bytes * 4, n, qi8, qs)?;
+            self.linear(ld, qi8, qs, n, o)?;
+            self.add(x, o, n * hidden)?;
         }
-        cache.len += n;
-        self.rms_norm(&x, &self.final_norm, eps, &mut h, n, hidden)?;
+        *len += n;
+        self.rms_norm(x, &self.final_norm, eps, h, n, hidden)?;
         let (first, rows) = if all_logits { (0, n) } else { (n - 1, 1) };
         let hs = h.slice(first * hidden..n * hidden);
         let vocab = cfg.vocab_size;
-        let mut logits = zeros(rows * vocab)?;
         let (vocab_i, cols_i, bf16) = (
             dim(vocab, "vocab")?,
             dim(hidden, "hidden")?,
@@ -302,12 +385,13 @@ impl GpuModel {
             .arg(&vocab_i)
             .arg(&cols_i)
             .arg(&hs)
-            .arg(&mut logits);
+            .arg(&mut *logits);
         // SAFETY: (const void*, int, int, int, const float*, float*): the head holds vocab ×
         // hidden words of its dtype, hs rows × hidden floats, logits rows × vocab.
         unsafe { b.launch(grid(vocab.div_ceil(8), rows, 256)?) }
             .map_err(|e| cuda_err("dense_head", e))?;
-        s.clone_dtoh(&logits).map_err(|e| cuda_err("download", e))
+        s.clone_dtoh(&logits.slice(0..rows * vocab))
+            .map_err(|e| cuda_err("download", e))
     }
 
     fn rms_norm(

@@ -29,7 +29,7 @@ pub struct bit_ttt_adapt_params {
     pub layers: i32,
     /// Bit mask of adapted projections: 1 q, 2 k, 4 v, 8 o, 16 gate, 32 up, 64 down. Default 0x7f.
     pub projections: u32,
-    /// AdamW. Defaults: 1e-3, 0, 0.9, 0.999, 1e-8.
+    /// AdamW. Defaults: 3e-3 (chosen by the sweep in docs/ADAPT.md), 0, 0.9, 0.999, 1e-8.
     pub learning_rate: f32,
     pub weight_decay: f32,
     pub beta1: f32,

@@ -852,6 +852,13 @@ const char *bit_ttt_last_error(void);
 bit_ttt_status bit_ttt_set_log_callback(bit_ttt_log_callback callback, void *user_data);
 
 /**
+ * `sizeof` of a public struct as this library was built, by its C name (NUL-terminated), e.g.
+ * "bit_ttt_generate_params"; 0 for an unknown name or NULL. Bindings compare their own layouts
+ * with it at start-up.
+ */
+size_t bit_ttt_struct_size(const char *name);
+
+/**
  * Token ids of `text`. `add_special` non-zero adds what the tokenizer adds by default (BOS).
  */
 bit_ttt_status bit_ttt_tokenize(const struct bit_ttt_model *model,

@@ -81,6 +81,16 @@ if cargo run -q -p bit-ttt-cli -- info --model /nonexistent/model 2>/dev/null; t
   exit 1
 fi
 
+step "Python bindings: pip install into a fresh virtualenv (pure Python, no compiler), pytest, the example"
+cargo build -q --release -p bit_ttt
+python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
+rm -rf .cache/py-venv
+python3 -m venv .cache/py-venv
+.cache/py-venv/bin/python -m pip install -q pytest ./bindings/python
+# The package finds target/release/libbit_ttt.so and models/sample from the working directory.
+.cache/py-venv/bin/python -m pytest -q bindings/python/tests
+.cache/py-venv/bin/python examples/python/hello.py
+
 step "adapt from the CLI: learn, save, generate from the saved session, adapt-bench"
 state=$(mktemp)
 cargo run -q --release -p bit-ttt-cli -- adapt --model tests/fixtures/bitnet_packed_auto \

@@ -324,16 +324,7 @@ impl GpuModel {
                 &mut vc[li].slice_mut(off..off + n * kv_dim),
             )
             .map_err(|e| cuda_err("copy", e))?;
-            self.attention(
-                q,
-                &kc[li],
-                &vc[li],
-                att,
-                scratch,
-                past,
-                n,
-                visible_max,
-            )?;
+            self.attention(q, &kc[li], &vc[li], att, scratch, past, n, visible_max)?;
             let a_in = match &l.attn_sub_norm {
                 Some(wn) => {
                     self.rms_norm(att, wn, eps, att_n, n, q_dim)?;

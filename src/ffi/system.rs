@@ -91,3 +91,31 @@ pub extern "C" fn bit_ttt_set_log_callback(
         Ok(())
     })
 }
+
+/// `sizeof` of a public struct as this library was built, by its C name (NUL-terminated), e.g.
+/// "bit_ttt_generate_params"; 0 for an unknown name or NULL. Bindings compare their own layouts
+/// with it at start-up.
+#[unsafe(no_mangle)]
+pub extern "C" fn bit_ttt_struct_size(name: *const c_char) -> usize {
+    use super::{adapt, generate, model, session, strings, text};
+    use std::mem::size_of;
+    if name.is_null() {
+        return 0;
+    }
+    // SAFETY: a non-NULL `name` is a NUL-terminated string by the contract above.
+    let name = unsafe { std::ffi::CStr::from_ptr(name) };
+    match name.to_bytes() {
+        b"bit_ttt_adapt_params" => size_of::<adapt::bit_ttt_adapt_params>(),
+        b"bit_ttt_adapt_result" => size_of::<adapt::bit_ttt_adapt_result>(),
+        b"bit_ttt_generate_params" => size_of::<generate::bit_ttt_generate_params>(),
+        b"bit_ttt_generate_result" => size_of::<generate::bit_ttt_generate_result>(),
+        b"bit_ttt_model_params" => size_of::<model::bit_ttt_model_params>(),
+        b"bit_ttt_memory_file" => size_of::<model::bit_ttt_memory_file>(),
+        b"bit_ttt_model_info" => size_of::<model::bit_ttt_model_info>(),
+        b"bit_ttt_memory_estimate" => size_of::<model::bit_ttt_memory_estimate>(),
+        b"bit_ttt_session_params" => size_of::<session::bit_ttt_session_params>(),
+        b"bit_ttt_string" => size_of::<strings::bit_ttt_string>(),
+        b"bit_ttt_chat_message" => size_of::<text::bit_ttt_chat_message>(),
+        _ => 0,
+    }
+}

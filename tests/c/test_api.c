@@ -138,6 +138,20 @@ static void test_version_and_system(void) {
     CHECK(strcmp(bit_ttt_status_string(BIT_TTT_PANIC), "BIT_TTT_PANIC") == 0);
     CHECK(strcmp(bit_ttt_status_string(12345), "BIT_TTT_UNKNOWN_STATUS") == 0);
 
+    /* Struct layouts as the library was built, for bindings that declare them by hand. */
+    CHECK(bit_ttt_struct_size("bit_ttt_adapt_params") == sizeof(bit_ttt_adapt_params));
+    CHECK(bit_ttt_struct_size("bit_ttt_adapt_result") == sizeof(bit_ttt_adapt_result));
+    CHECK(bit_ttt_struct_size("bit_ttt_generate_params") == sizeof(bit_ttt_generate_params));
+    CHECK(bit_ttt_struct_size("bit_ttt_generate_result") == sizeof(bit_ttt_generate_result));
+    CHECK(bit_ttt_struct_size("bit_ttt_model_params") == sizeof(bit_ttt_model_params));
+    CHECK(bit_ttt_struct_size("bit_ttt_memory_file") == sizeof(bit_ttt_memory_file));
+    CHECK(bit_ttt_struct_size("bit_ttt_model_info") == sizeof(bit_ttt_model_info));
+    CHECK(bit_ttt_struct_size("bit_ttt_memory_estimate") == sizeof(bit_ttt_memory_estimate));
+    CHECK(bit_ttt_struct_size("bit_ttt_session_params") == sizeof(bit_ttt_session_params));
+    CHECK(bit_ttt_struct_size("bit_ttt_string") == sizeof(bit_ttt_string));
+    CHECK(bit_ttt_struct_size("bit_ttt_chat_message") == sizeof(bit_ttt_chat_message));
+    CHECK(bit_ttt_struct_size("bit_ttt_nothing") == 0 && bit_ttt_struct_size(NULL) == 0);
+
     size_t len = 0;
     EXPECT(bit_ttt_system_info(NULL, 0, &len), BIT_TTT_BUFFER_TOO_SMALL);
     CHECK(len > 10);

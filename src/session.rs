@@ -391,9 +391,22 @@ impl Session {
         params: &GenerateParams,
         on_token: impl FnMut(&TokenEvent) -> bool,
     ) -> Result<GenerateResult> {
-        let add_special = self.tokens.is_empty() && self.unfed.is_empty();
-        let ids = self.model.tokenize(prompt, add_special)?;
+        let ids = self.prompt_tokens(prompt)?;
         self.generate_tokens(&ids, params, on_token)
+    }
+
+    /// Tokens of a prompt: BOS added when the context is empty, unless the text already starts
+    /// with it (a rendered chat template does), so the model never sees BOS twice.
+    pub(crate) fn prompt_tokens(&self, prompt: &str) -> Result<Vec<TokenId>> {
+        let add_special = self.tokens.is_empty() && self.unfed.is_empty();
+        let mut ids = self.model.tokenize(prompt, add_special)?;
+        if add_special && ids.len() >= 2 && ids[0] == ids[1] {
+            let plain = self.model.tokenize(prompt, false)?;
+            if plain.len() + 1 == ids.len() && plain.first() == Some(&ids[0]) {
+                ids = plain;
+            }
+        }
+        Ok(ids)
     }
 
     /// As `generate`, from token ids.

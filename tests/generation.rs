@@ -308,3 +308,32 @@ fn estimate_matches_loaded_sizes() {
         assert!(est.kv_cache_bytes > 0 && est.total() > est.weight_bytes);
     }
 }
+
+#[test]
+fn a_prompt_that_starts_with_bos_gets_no_second_one() {
+    // A rendered chat template starts with BOS; generate adds BOS to an empty context only when
+    // the text does not already hold it.
+    let model = model();
+    let rendered = model
+        .apply_chat_template(
+            &[bit_ttt::ChatMessage {
+                role: "user".into(),
+                content: "Hello".into(),
+            }],
+            true,
+        )
+        .unwrap();
+    let plain = model.tokenize(&rendered, false).unwrap();
+    assert_eq!(
+        plain[0],
+        model.tokenize("", true).unwrap()[0],
+        "template starts with BOS"
+    );
+    let mut s = Session::new(&model, &SessionParams::default()).unwrap();
+    let params = GenerateParams {
+        max_tokens: 1,
+        ..GenerateParams::default()
+    };
+    s.generate(&rendered, &params, |_| true).unwrap();
+    assert_eq!(&s.tokens()[..plain.len()], &plain[..]);
+}

@@ -109,8 +109,7 @@ impl Session {
         params: &AdaptParams,
         progress: impl FnMut(&AdaptProgress) -> bool,
     ) -> Result<AdaptResult> {
-        let add_special = self.tokens.is_empty() && self.unfed.is_empty();
-        let tokens = self.model.tokenize(text, add_special)?;
+        let tokens = self.prompt_tokens(text)?;
         self.adapt_online_tokens(&tokens, params, progress)
     }
 

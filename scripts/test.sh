@@ -91,6 +91,10 @@ python3 -m venv .cache/py-venv
 .cache/py-venv/bin/python -m pytest -q bindings/python/tests
 .cache/py-venv/bin/python examples/python/hello.py
 
+step "C# bindings: compiled with Mono's mcs (C# 7.2), tests and samples run with mono"
+have mcs && have mono || apt_install mono-mcs mono-runtime
+bash tests/csharp/run.sh
+
 step "adapt from the CLI: learn, save, generate from the saved session, adapt-bench"
 state=$(mktemp)
 cargo run -q --release -p bit-ttt-cli -- adapt --model tests/fixtures/bitnet_packed_auto \

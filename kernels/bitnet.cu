@@ -230,11 +230,20 @@ extern "C" __global__ void ternary_linear(const u8 *__restrict__ w, int rows, in
     }
 }
 
-// Rotary embedding in place (HF half-split) on rows of n_heads heads, positions start + t. The
+// Appends n rows of keys or values at row *past of the cache (the position lives on the device
+// so that a captured decode step serves every position).
+extern "C" __global__ void kv_store(const float *__restrict__ src, float *__restrict__ cache,
+                                    const int *__restrict__ past_at, int kv_dim, long long len) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < len) cache[(long long)(*past_at) * kv_dim + i] = src[i];
+}
+
+// Rotary embedding in place (HF half-split) on rows of n_heads heads, positions start + t, with
+// start read from device memory. The
 // angle is formed in f32 and its cos/sin taken in double, as Rope::cos_sin.
-extern "C" __global__ void rope(float *__restrict__ x, int n_heads, int head_dim, int start,
-                                const float *__restrict__ inv_freq) {
-    const int t = blockIdx.x, h = blockIdx.y, half = head_dim / 2;
+extern "C" __global__ void rope(float *__restrict__ x, int n_heads, int head_dim,
+                                const int *__restrict__ start_at, const float *__restrict__ inv_freq) {
+    const int t = blockIdx.x, h = blockIdx.y, half = head_dim / 2, start = *start_at;
     float *v = x + ((long long)t * n_heads + h) * head_dim;
     for (int i = threadIdx.x; i < half; i += blockDim.x) {
         const float angle = (float)(start + t) * inv_freq[i];
@@ -262,15 +271,15 @@ __device__ float dot8(const float *a, const float *b, int n) {
 // is what the CPU's libm expf returns too, so both sides agree bit for bit.
 __device__ __forceinline__ float exp_cr(float x) { return (float)exp((double)x); }
 
-// Causal GQA attention for n new queries at positions past..past+n-1 over the cache rows
-// 0..past+n-1. One block per (token, head); scores in `scratch` [n * heads, ctx]. The softmax
+// Causal GQA attention for n new queries at positions past..past+n-1 (past read from device
+// memory) over the cache rows 0..past+n-1. One block per (token, head); scores in `scratch` [n * heads, ctx]. The softmax
 // and the weighted sum run in the CPU's order (Transformer::attention), so the result is the
 // CPU's to the bit.
 extern "C" __global__ void attention(const float *__restrict__ q, const float *__restrict__ kc,
                                      const float *__restrict__ vc, float *__restrict__ out,
-                                     float *__restrict__ scratch, int past, int heads, int kv_heads,
-                                     int d, int ctx, float scale) {
-    const int t = blockIdx.x / heads, h = blockIdx.x % heads;
+                                     float *__restrict__ scratch, const int *__restrict__ past_at,
+                                     int heads, int kv_heads, int d, int ctx, float scale) {
+    const int t = blockIdx.x / heads, h = blockIdx.x % heads, past = *past_at;
     const int visible = past + t + 1, kv_dim = kv_heads * d, kv_off = (h / (heads / kv_heads)) * d;
     const float *qh = q + (long long)blockIdx.x * d;
     float *sc = scratch + (long long)blockIdx.x * ctx;

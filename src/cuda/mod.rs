@@ -49,6 +49,7 @@ pub(crate) struct Kernels {
     pub glu: CudaFunction,
     pub add_inplace: CudaFunction,
     pub dense_head: CudaFunction,
+    pub kv_store: CudaFunction,
 }
 
 /// The GPU, or why CUDA is off (no driver, no device, a load error). Probed once.
@@ -102,6 +103,10 @@ fn open() -> std::result::Result<Gpu, String> {
         return Err("the CUDA driver reports no device".into());
     }
     let ctx = CudaContext::new(0).map_err(|e| format!("device 0: {e:?}"))?;
+    // SAFETY: every buffer is used on the one stream below, so cudarc's cross-stream events
+    // (which a graph capture cannot contain) are not needed; turned off before any allocation.
+    unsafe { ctx.disable_event_tracking() };
+    let stream = ctx.new_stream().map_err(|e| format!("stream: {e:?}"))?;
     let name = ctx.name().map_err(|e| format!("device name: {e:?}"))?;
     let capability = ctx
         .compute_capability()
@@ -141,12 +146,13 @@ fn open() -> std::result::Result<Gpu, String> {
         glu: f("glu")?,
         add_inplace: f("add_inplace")?,
         dense_head: f("dense_head")?,
+        kv_store: f("kv_store")?,
     };
     Ok(Gpu {
         name,
         capability,
         kernels_from,
-        stream: ctx.default_stream(),
+        stream,
         k,
     })
 }

@@ -49,6 +49,10 @@ pub struct GpuCache {
     len: usize,
     capacity: usize,
     work: Option<Work>,
+    /// The position of the first token of the next pass (read by the kernels).
+    pos: CudaSlice<i32>,
+    /// The single-token step, captured on first use (it points into `work`).
+    graph: Option<cudarc::driver::CudaGraph>,
 }
 
 /// Activations of up to `n` tokens.
@@ -192,6 +196,12 @@ impl GpuModel {
             len: 0,
             capacity,
             work: None,
+            pos: self
+                .gpu
+                .stream
+                .alloc_zeros::<i32>(1)
+                .map_err(|e| cuda_err("alloc", e))?,
+            graph: None,
         })
     }
 
@@ -233,7 +243,9 @@ impl GpuModel {
     }
 
     /// Runs `tokens` at positions `cache.len()..` and returns the logits `[n, vocab]` of every
-    /// token (`all_logits`) or of the last one only.
+    /// token (`all_logits`) or of the last one only. A single-token step (decoding) is captured
+    /// into a CUDA graph on first use and replayed after: the position is read from device
+    /// memory, so one graph serves every step of the sequence.
     pub fn forward(
         &self,
         cache: &mut GpuCache,
@@ -267,17 +279,63 @@ impl GpuModel {
             tf.weights.embed.row_into(*t as usize, row);
         }
         if cache.work.as_ref().is_none_or(|w| w.n < n) {
-            cache.work = None; // free the smaller buffers first
+            cache.graph = None; // it points into the buffers about to be replaced
+            cache.work = None;
             cache.work = Some(self.work(n, cache.capacity)?);
         }
+        let past = dim(cache.len, "position")?;
+        {
+            let work = cache.work.as_mut().expect("allocated above");
+            s.memcpy_htod(&x_host, &mut work.x.slice_mut(0..n * hidden))
+                .map_err(|e| cuda_err("upload", e))?;
+        }
+        s.memcpy_htod(&[past], &mut cache.pos)
+            .map_err(|e| cuda_err("upload", e))?;
+        let rows = if all_logits { n } else { 1 };
+        if n == 1 && !all_logits {
+            if cache.graph.is_none() {
+                s.begin_capture(
+                    cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+                )
+                .map_err(|e| cuda_err("begin capture", e))?;
+                let pass = self.pass(cache, 1, false);
+                // End the capture whatever happened, so the stream is usable again.
+                let graph = s
+                    .end_capture(
+                        cudarc::driver::sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH,
+                    )
+                    .map_err(|e| cuda_err("end capture", e))?;
+                pass?;
+                cache.graph = graph;
+            }
+            match &cache.graph {
+                Some(g) => g.launch().map_err(|e| cuda_err("graph launch", e))?,
+                None => self.pass(cache, 1, false)?,
+            }
+        } else {
+            self.pass(cache, n, all_logits)?;
+        }
+        cache.len += n;
+        let work = cache.work.as_ref().expect("allocated above");
+        s.clone_dtoh(&work.logits.slice(0..rows * cfg.vocab_size))
+            .map_err(|e| cuda_err("download", e))
+    }
+
+    /// The forward pass of `n` tokens whose embeddings are in the work buffer and whose first
+    /// position is in `cache.pos`: kernel launches only (no host transfers, so it can be
+    /// captured). Logits of the last token, or of all, go to the work buffer.
+    fn pass(&self, cache: &mut GpuCache, n: usize, all_logits: bool) -> Result<()> {
+        let cfg = self.model.config();
+        let (hidden, s) = (cfg.hidden_size, &self.gpu.stream);
         let (q_dim, kv_dim, ffn) = (cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
         let eps = cfg.rms_norm_eps;
         let GpuCache {
             k: kc,
             v: vc,
-            len,
             capacity,
             work,
+            pos,
+            ..
         } = cache;
         let Work {
             x,
@@ -297,13 +355,8 @@ impl GpuModel {
             scratch,
             logits,
             ..
-        } = work.as_mut().expect("allocated above");
-        s.memcpy_htod(&x_host, &mut x.slice_mut(0..n * hidden))
-            .map_err(|e| cuda_err("upload", e))?;
-        let visible_max = *capacity;
-        let past = *len;
+        } = work.as_mut().expect("allocated by forward");
         let relu2 = i32::from(cfg.activation == Activation::Relu2);
-
         for (li, l) in self.layers.iter().enumerate() {
             let [lq, lk, lv, lo, lg, lu, ld] = &l.lin;
             self.rms_norm(x, &l.input_norm, eps, h, n, hidden)?;
@@ -311,20 +364,11 @@ impl GpuModel {
             self.linear(lq, qi8, qs, n, q)?;
             self.linear(lk, qi8, qs, n, kbuf)?;
             self.linear(lv, qi8, qs, n, vbuf)?;
-            self.rope(q, n, cfg.num_heads, past)?;
-            self.rope(kbuf, n, cfg.num_kv_heads, past)?;
-            let off = past * kv_dim;
-            s.memcpy_dtod(
-                &kbuf.slice(0..n * kv_dim),
-                &mut kc[li].slice_mut(off..off + n * kv_dim),
-            )
-            .map_err(|e| cuda_err("copy", e))?;
-            s.memcpy_dtod(
-                &vbuf.slice(0..n * kv_dim),
-                &mut vc[li].slice_mut(off..off + n * kv_dim),
-            )
-            .map_err(|e| cuda_err("copy", e))?;
-            self.attention(q, &kc[li], &vc[li], att, scratch, past, n, visible_max)?;
+            self.rope(q, n, cfg.num_heads, pos)?;
+            self.rope(kbuf, n, cfg.num_kv_heads, pos)?;
+            self.kv_store(kbuf, &mut kc[li], pos, n * kv_dim)?;
+            self.kv_store(vbuf, &mut vc[li], pos, n * kv_dim)?;
+            self.attention(q, &kc[li], &vc[li], att, scratch, pos, n, *capacity)?;
             let a_in = match &l.attn_sub_norm {
                 Some(wn) => {
                     self.rms_norm(att, wn, eps, att_n, n, q_dim)?;
@@ -360,7 +404,6 @@ impl GpuModel {
             self.linear(ld, qi8, qs, n, o)?;
             self.add(x, o, n * hidden)?;
         }
-        *len += n;
         self.rms_norm(x, &self.final_norm, eps, h, n, hidden)?;
         let (first, rows) = if all_logits { (0, n) } else { (n - 1, 1) };
         let hs = h.slice(first * hidden..n * hidden);
@@ -378,11 +421,27 @@ impl GpuModel {
             .arg(&hs)
             .arg(&mut *logits);
         // SAFETY: (const void*, int, int, int, const float*, float*): the head holds vocab ×
-        // hidden words of its dtype, hs rows × hidden floats, logits rows × vocab.
+        // hidden words of its dtype, hs rows × hidden floats, logits ≥ rows × vocab.
         unsafe { b.launch(grid(vocab.div_ceil(8), rows, 256)?) }
             .map_err(|e| cuda_err("dense_head", e))?;
-        s.clone_dtoh(&logits.slice(0..rows * vocab))
-            .map_err(|e| cuda_err("download", e))
+        Ok(())
+    }
+
+    fn kv_store(
+        &self,
+        src: &CudaSlice<f32>,
+        cache: &mut CudaSlice<f32>,
+        pos: &CudaSlice<i32>,
+        len: usize,
+    ) -> Result<()> {
+        let kv_dim = dim(self.model.config().kv_dim(), "kv_dim")?;
+        let len_i = len as i64;
+        let mut b = self.gpu.stream.launch_builder(&self.gpu.k.kv_store);
+        b.arg(src).arg(cache).arg(pos).arg(&kv_dim).arg(&len_i);
+        // SAFETY: (const float*, float*, const int*, int, long long): src holds len floats, the
+        // cache capacity × kv_dim with *pos × kv_dim + len within it (checked by forward).
+        unsafe { b.launch(cfg1(len, 256)?) }.map_err(|e| cuda_err("kv_store", e))?;
+        Ok(())
     }
 
     fn rms_norm(
@@ -460,20 +519,23 @@ impl GpuModel {
         Ok(())
     }
 
-    fn rope(&self, x: &mut CudaSlice<f32>, n: usize, heads: usize, start: usize) -> Result<()> {
+    fn rope(
+        &self,
+        x: &mut CudaSlice<f32>,
+        n: usize,
+        heads: usize,
+        start: &CudaSlice<i32>,
+    ) -> Result<()> {
         let d = self.model.config().head_dim;
-        let (heads_i, d_i, start_i) = (
-            dim(heads, "heads")?,
-            dim(d, "head_dim")?,
-            dim(start, "position")?,
-        );
+        let (heads_i, d_i) = (dim(heads, "heads")?, dim(d, "head_dim")?);
         let mut b = self.gpu.stream.launch_builder(&self.gpu.k.rope);
         b.arg(x)
             .arg(&heads_i)
             .arg(&d_i)
-            .arg(&start_i)
+            .arg(start)
             .arg(&self.inv_freq);
-        // SAFETY: (float*, int, int, int, const float*); x holds n × heads × d, inv_freq d / 2.
+        // SAFETY: (float*, int, int, const int*, const float*); x holds n × heads × d, start one
+        // int, inv_freq d / 2.
         unsafe { b.launch(grid(n, heads, 64)?) }.map_err(|e| cuda_err("rope", e))?;
         Ok(())
     }
@@ -486,14 +548,13 @@ impl GpuModel {
         v: &CudaSlice<f32>,
         out: &mut CudaSlice<f32>,
         scratch: &mut CudaSlice<f32>,
-        past: usize,
+        past: &CudaSlice<i32>,
         n: usize,
         ctx: usize,
     ) -> Result<()> {
         let cfg = self.model.config();
         let scale = 1.0 / (cfg.head_dim as f32).sqrt();
-        let (past_i, heads_i, kvh_i, d_i, ctx_i) = (
-            dim(past, "position")?,
+        let (heads_i, kvh_i, d_i, ctx_i) = (
             dim(cfg.num_heads, "heads")?,
             dim(cfg.num_kv_heads, "kv heads")?,
             dim(cfg.head_dim, "head_dim")?,
@@ -501,15 +562,15 @@ impl GpuModel {
         );
         let mut b = self.gpu.stream.launch_builder(&self.gpu.k.attention);
         b.arg(q).arg(k).arg(v).arg(out).arg(scratch);
-        b.arg(&past_i)
+        b.arg(past)
             .arg(&heads_i)
             .arg(&kvh_i)
             .arg(&d_i)
             .arg(&ctx_i)
             .arg(&scale);
-        // SAFETY: (const float* q, k, v, float* out, scratch, int past, heads, kv_heads, d, ctx,
-        // float scale); q/out hold n × heads × d, k/v the cache (≥ ctx rows of kv_dim),
-        // scratch n × heads × ctx with ctx = past + n.
+        // SAFETY: (const float* q, k, v, float* out, scratch, const int* past, int heads,
+        // kv_heads, d, ctx, float scale); q/out hold n × heads × d, k/v the cache (ctx rows of
+        // kv_dim), scratch n × heads × ctx, and *past + n <= ctx (checked by forward).
         unsafe { b.launch(grid(n * cfg.num_heads, 1, 128)?) }
             .map_err(|e| cuda_err("attention", e))?;
         Ok(())

@@ -121,4 +121,20 @@ assert r["lr0_identity"] is True and len(r["documents"]) == 3, r
 print("adapt-bench:", {k: v for k, v in r.items() if k != "documents"})
 '
 
+step "the sample model is found next to the executable after the folder is moved"
+app=$(mktemp -d)
+mkdir -p "$app/target/release" "$app/models"
+cp target/release/bit-ttt "$app/target/release/"
+cp -r models/sample "$app/models/"
+(cd / && "$app/target/release/bit-ttt" generate --prompt "The" --max-tokens 4 --temperature 0 --json) \
+  | tail -n 1 | python3 -c 'import json, sys; assert len(json.loads(sys.stdin.read())["tokens"]) == 4'
+# Break the moved copy: the command must now fail on it (so it was that copy being used).
+echo '{' >"$app/models/sample/config.json"
+if (cd / && "$app/target/release/bit-ttt" info 2>"$app/err"); then
+  echo "bit-ttt did not use the sample model next to the moved executable" >&2
+  exit 1
+fi
+grep -q "$app/models/sample" "$app/err" || { cat "$app/err" >&2; exit 1; }
+rm -rf "$app"
+
 step "all tests passed"

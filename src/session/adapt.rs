@@ -32,14 +32,7 @@ impl Session {
     ) -> Result<AdaptResult> {
         let cancel = self.cancel.clone();
         let _clear = ClearOnDrop(&cancel);
-        params.validate()?;
-        let cfg = self.model.config().clone();
-        if let Some(bad) = tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
-            return Err(Error::invalid_argument(format!(
-                "adapt: token {bad} is outside the vocabulary ({})",
-                cfg.vocab_size
-            )));
-        }
+        let cfg = self.check_adapt_input(tokens, params)?;
         let windows = adapt::windows(tokens.len(), params.chunk_tokens);
         if windows.is_empty() {
             return Err(Error::invalid_argument(format!(
@@ -122,14 +115,7 @@ impl Session {
     ) -> Result<AdaptResult> {
         let cancel = self.cancel.clone();
         let _clear = ClearOnDrop(&cancel);
-        params.validate()?;
-        let cfg = self.model.config().clone();
-        if let Some(bad) = tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
-            return Err(Error::invalid_argument(format!(
-                "adapt: token {bad} is outside the vocabulary ({})",
-                cfg.vocab_size
-            )));
-        }
+        self.check_adapt_input(tokens, params)?;
         let pending = self.unfed.len();
         let mut input = self.unfed.clone();
         input.extend_from_slice(tokens);
@@ -212,6 +198,23 @@ impl Session {
         }
         result.seconds = start.elapsed().as_secs_f64();
         outcome.map(|()| result)
+    }
+
+    /// Validates adapt parameters and token ids; returns the model's config.
+    fn check_adapt_input(
+        &self,
+        tokens: &[TokenId],
+        params: &AdaptParams,
+    ) -> Result<crate::config::Config> {
+        params.validate()?;
+        let cfg = self.model.config().clone();
+        if let Some(bad) = tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+            return Err(Error::invalid_argument(format!(
+                "adapt: token {bad} is outside the vocabulary ({})",
+                cfg.vocab_size
+            )));
+        }
+        Ok(cfg)
     }
 
     /// Creates the adapters on first use; refuses parameters of another shape than the

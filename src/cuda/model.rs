@@ -267,17 +267,7 @@ impl GpuModel {
             ));
         }
         let (hidden, s) = (cfg.hidden_size, &self.gpu.stream);
-        let tf = self.model.transformer();
-        let mut x_host = vec![0.0f32; n * hidden];
-        for (t, row) in tokens.iter().zip(x_host.chunks_exact_mut(hidden)) {
-            if *t as usize >= cfg.vocab_size {
-                return Err(Error::invalid_argument(format!(
-                    "token id {t} is outside the vocabulary ({})",
-                    cfg.vocab_size
-                )));
-            }
-            tf.weights.embed.row_into(*t as usize, row);
-        }
+        let x_host = self.model.transformer().embed(tokens)?;
         if cache.work.as_ref().is_none_or(|w| w.n < n) {
             cache.graph = None; // it points into the buffers about to be replaced
             cache.work = None;

@@ -124,7 +124,6 @@ impl Transformer {
         mut tape: Option<&mut Tape>,
     ) -> Result<Vec<f32>> {
         let cfg = &self.weights.config;
-        let hidden = cfg.hidden_size;
         let n = tokens.len();
         if n == 0 {
             return Err(Error::invalid_argument("forward: no tokens"));
@@ -140,16 +139,7 @@ impl Transformer {
                 ),
             ));
         }
-        let mut x = vec![0.0f32; n * hidden];
-        for (t, row) in tokens.iter().zip(x.chunks_exact_mut(hidden)) {
-            if *t as usize >= cfg.vocab_size {
-                return Err(Error::invalid_argument(format!(
-                    "token id {t} is outside the vocabulary ({})",
-                    cfg.vocab_size
-                )));
-            }
-            self.weights.embed.row_into(*t as usize, row);
-        }
+        let mut x = self.embed(tokens)?;
         if let Some(tape) = tape.as_deref_mut() {
             tape.start = cache.len();
             tape.n = n;
@@ -242,6 +232,23 @@ impl Transformer {
             tape.x_final = x;
         }
         Ok(out)
+    }
+
+    /// Input embeddings `[tokens.len(), hidden]`; a token outside the vocabulary is an error.
+    pub fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let cfg = &self.weights.config;
+        let hidden = cfg.hidden_size;
+        let mut x = vec![0.0f32; tokens.len() * hidden];
+        for (t, row) in tokens.iter().zip(x.chunks_exact_mut(hidden)) {
+            if *t as usize >= cfg.vocab_size {
+                return Err(Error::invalid_argument(format!(
+                    "token id {t} is outside the vocabulary ({})",
+                    cfg.vocab_size
+                )));
+            }
+            self.weights.embed.row_into(*t as usize, row);
+        }
+        Ok(x)
     }
 
     /// Logits `[n_tok, vocab]` for final-normed hidden states.

@@ -4,6 +4,7 @@
 //! bit for bit. The kernel is chosen once per model at load, by CPU detection, the model
 //! params, or the BIT_TTT_KERNEL environment variable. `neon` holds the aarch64 kernels.
 
+pub mod attention;
 pub mod dense;
 pub mod int8;
 #[cfg(target_arch = "aarch64")]

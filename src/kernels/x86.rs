@@ -72,10 +72,8 @@ unsafe fn rows_vnni<const R: usize, const N: usize>(
         let wv = rows.map(|r| unsafe { _mm512_loadu_si512(r.add(b * BLOCK_BYTES).cast()) });
         if N == 1 {
             for r in rows {
-                // SAFETY: a prefetch is only a hint and never faults, wherever it points.
-                unsafe {
-                    _mm_prefetch::<_MM_HINT_T0>(r.wrapping_add(b * BLOCK_BYTES + PREFETCH).cast())
-                };
+                // A hint that never faults, wherever it points.
+                _mm_prefetch::<_MM_HINT_T0>(r.wrapping_add(b * BLOCK_BYTES + PREFETCH).cast());
             }
         }
         for k in 0..4 {

@@ -11,6 +11,7 @@ use super::rope::Rope;
 use super::tape::{LayerTape, Tape};
 use crate::config::Activation;
 use crate::error::{Error, Result};
+use crate::kernels::attention;
 use crate::kernels::int8::{self, Int8Matrix};
 use crate::kernels::{Kernel, dense, scalar};
 
@@ -313,14 +314,10 @@ impl Transformer {
                 let (t, h) = (i / heads, i % heads);
                 let (visible, kv_off) = (past + t + 1, (h / group) * d);
                 let qh = &q[i * d..(i + 1) * d];
-                scores.clear();
-                scores.extend(
-                    (0..visible).map(|j| scalar::dot(qh, &k[j * kv_dim + kv_off..][..d]) * scale),
-                );
+                scores.resize(visible, 0.0);
+                attention::scores(self.kernel, qh, k, kv_dim, kv_off, scale, scores);
                 scalar::softmax(scores);
-                for (j, &p) in scores.iter().enumerate() {
-                    scalar::axpy(p, &v[j * kv_dim + kv_off..][..d], oh);
-                }
+                attention::weighted_sum(self.kernel, scores, v, kv_dim, kv_off, oh);
             });
         out
     }

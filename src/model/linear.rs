@@ -167,10 +167,15 @@ impl Linear {
                 let (rows, n_tok) = (w.packed.rows, input.n_tok);
                 let mut acc = vec![0i32; n_tok * rows];
                 kernel.ternary_gemm(&w.packed, x, &mut acc);
-                for (t, o_row) in out.chunks_exact_mut(rows).enumerate() {
-                    let scale = w.gamma / x.scales[t];
-                    for (r, o) in o_row.iter_mut().enumerate() {
-                        *o = acc[r * n_tok + t] as f32 * scale;
+                let scale: Vec<f32> = x.scales.iter().map(|s| w.gamma / s).collect();
+                // acc is [rows][n_tok]: transposed in tiles of 16 rows so that both sides
+                // stream through cache (row by row, a prefill touched one line per value).
+                for r0 in (0..rows).step_by(16) {
+                    let r1 = (r0 + 16).min(rows);
+                    for (t, o_row) in out.chunks_exact_mut(rows).enumerate() {
+                        for (r, o) in o_row[r0..r1].iter_mut().enumerate() {
+                            *o = acc[(r0 + r) * n_tok + t] as f32 * scale[t];
+                        }
                     }
                 }
             }

@@ -86,7 +86,7 @@
 /**
  * Version of the C ABI: bumped only by additions (functions, struct fields at the end).
  */
-#define BIT_TTT_ABI_VERSION 1
+#define BIT_TTT_ABI_VERSION 2
 
 /**
  * Log levels passed to the log callback.
@@ -100,6 +100,11 @@
 #define BIT_TTT_LOG_DEBUG 4
 
 /**
+ * Columns per group (one scale each).
+ */
+#define GROUP 64
+
+/**
  * Weights per block.
  */
 #define BLOCK 256
@@ -108,6 +113,11 @@
  * Bytes per block (2 bits per weight).
  */
 #define BLOCK_BYTES (BLOCK / 4)
+
+/**
+ * How the output head is stored for computing logits.
+ */
+typedef struct HeadFormat HeadFormat;
 
 /**
  * A ternary matrix-product implementation.
@@ -335,9 +345,14 @@ typedef struct bit_ttt_model_params {
   struct bit_ttt_string kernel;
   /**
    * Non-zero: compute logits with an int8 copy of the output head (faster decode, small
-   * accuracy cost).
+   * accuracy cost). `head`, when set, takes precedence.
    */
   uint8_t int8_head;
+  /**
+   * Output head format by name ("native", "int8", "int4"); empty = int8 if int8_head is
+   * set, else native. int4 reads a quarter of bf16's bytes per token (ABI 2).
+   */
+  struct bit_ttt_string head;
 } bit_ttt_model_params;
 
 /**
@@ -442,6 +457,8 @@ typedef struct bit_ttt_chat_message {
   struct bit_ttt_string role;
   struct bit_ttt_string content;
 } bit_ttt_chat_message;
+
+
 
 /**
  * Success.

@@ -56,9 +56,45 @@ pub struct ModelParams {
     pub n_threads: usize,
     /// The ternary kernel; `None` = BIT_TTT_KERNEL if set, else the fastest this CPU runs.
     pub kernel: Option<kernels::Kernel>,
-    /// Compute logits with an int8 copy of the output head (half the bytes of bf16 per token,
-    /// a small accuracy cost); the original head is kept for nothing else.
-    pub int8_head: bool,
+    /// Which copy of the output head computes the logits (a quantised copy reads fewer bytes
+    /// per token, for a small accuracy cost; the original is then kept for nothing else).
+    pub head: HeadFormat,
+}
+
+/// How the output head is stored for computing logits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HeadFormat {
+    /// As in the checkpoint (bf16, f16 or f32).
+    #[default]
+    Native,
+    /// int8 with one scale per row: half of bf16's bytes.
+    Int8,
+    /// 4 bits with one scale per 64 columns: 4.5 bits per weight, a quarter of bf16's bytes.
+    Int4,
+}
+
+impl HeadFormat {
+    pub const ALL: [HeadFormat; 3] = [HeadFormat::Native, HeadFormat::Int8, HeadFormat::Int4];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            HeadFormat::Native => "native",
+            HeadFormat::Int8 => "int8",
+            HeadFormat::Int4 => "int4",
+        }
+    }
+
+    pub fn parse(name: &str) -> Result<HeadFormat> {
+        HeadFormat::ALL
+            .into_iter()
+            .find(|h| h.name() == name.trim())
+            .ok_or_else(|| {
+                Error::invalid_argument(format!(
+                    "unknown head format `{name}` (known: {})",
+                    HeadFormat::ALL.map(HeadFormat::name).join(", ")
+                ))
+            })
+    }
 }
 
 /// Size and shape of a loaded model, as reported by `bit-ttt info`.
@@ -184,7 +220,7 @@ impl Model {
         Ok(Model(Arc::new(ModelInner {
             bos_token: tokenizer.bos_token.clone(),
             eos_token: tokenizer.eos_token.clone(),
-            transformer: Transformer::new(weights, kernel, params.int8_head),
+            transformer: Transformer::new(weights, kernel, params.head),
             tokenizer,
             stop_tokens,
             source: src,
@@ -212,6 +248,11 @@ impl Model {
     pub fn kernel(&self) -> kernels::Kernel {
         self.0.transformer.kernel()
     }
+    /// Which copy of the output head computes the logits.
+    pub fn head_format(&self) -> HeadFormat {
+        self.0.transformer.head_format()
+    }
+
     /// Number of worker threads the model computes with.
     pub fn n_threads(&self) -> usize {
         self.0.pool.current_num_threads()
@@ -281,7 +322,7 @@ impl Model {
             n_params += (h.rows * h.cols) as u64;
             bytes += h.bytes() as u64;
         }
-        bytes += self.0.transformer.int8_head_bytes() as u64;
+        bytes += self.0.transformer.quant_head_bytes() as u64;
         ModelInfo {
             family: c.family,
             hidden_size: c.hidden_size,
@@ -299,7 +340,7 @@ impl Model {
     }
 
     /// Bytes one decode step reads at `context` tokens: every projection, the output head (or
-    /// its int8 copy) and the KV cache. Divided by memory bandwidth, the decode speed limit.
+    /// its quantised copy) and the KV cache. Divided by memory bandwidth, the decode speed limit.
     pub fn bytes_read_per_token(&self, context: usize) -> u64 {
         let t = &self.0.transformer;
         let w = &t.weights;
@@ -309,10 +350,9 @@ impl Model {
             .flat_map(|l| l.linears())
             .map(|l| l.bytes())
             .sum();
-        let head = if t.int8_head() {
-            t.int8_head_bytes()
-        } else {
-            w.head().bytes()
+        let head = match t.head_format() {
+            HeadFormat::Native => w.head().bytes(),
+            _ => t.quant_head_bytes(),
         };
         let kv = 2 * w.config.num_layers * context * w.config.kv_dim() * 4;
         (linears + head + kv) as u64

@@ -34,7 +34,7 @@ pub fn absmean_ternarize(w: &[f32]) -> (Vec<i8>, f32) {
 /// 1.5·2^23 leaves the nearest integer under the default rounding mode. Unlike
 /// `round_ties_even` on baseline x86-64 (a libm call), this vectorises.
 #[inline(always)]
-fn round_half_even_small(v: f32) -> f32 {
+pub(crate) fn round_half_even_small(v: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23
     (v + MAGIC) - MAGIC
 }

@@ -14,7 +14,11 @@ fn session(dir: &Path, int8_head: bool) -> Session {
     let model = Model::load(
         dir,
         &ModelParams {
-            int8_head,
+            head: if int8_head {
+                bit_ttt::HeadFormat::Int8
+            } else {
+                bit_ttt::HeadFormat::Native
+            },
             ..Default::default()
         },
     )

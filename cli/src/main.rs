@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use bit_ttt::{
-    ChatMessage, GenerateParams, Model, ModelParams, SamplingParams, Session, SessionParams,
+    ChatMessage, GenerateParams, HeadFormat, Model, ModelParams, SamplingParams, Session,
+    SessionParams,
 };
 use clap::{Args, Parser, Subcommand};
 
@@ -69,9 +70,21 @@ pub struct ModelArgs {
     /// Ternary kernel (portable, avx2, avx512vnni, neon, neondot); default: the fastest this CPU runs.
     #[arg(long)]
     kernel: Option<String>,
-    /// Compute logits with an int8 copy of the output head (faster, small accuracy cost).
+    /// Compute logits with an int8 copy of the output head (same as --head int8).
     #[arg(long)]
     int8_head: bool,
+    /// Output head format: native, int8 or int4 (fewer bytes per token, small accuracy cost).
+    #[arg(long)]
+    head: Option<String>,
+}
+
+/// `--head`, or int8 for `--int8-head`, or native.
+fn head_format(head: &Option<String>, int8_head: bool) -> bit_ttt::Result<HeadFormat> {
+    match head {
+        Some(name) => HeadFormat::parse(name),
+        None if int8_head => Ok(HeadFormat::Int8),
+        None => Ok(HeadFormat::Native),
+    }
 }
 
 /// The model a command runs: `--model`, or else the shipped sample model.
@@ -94,7 +107,7 @@ impl ModelArgs {
             &ModelParams {
                 n_threads: self.threads,
                 kernel,
-                int8_head: self.int8_head,
+                head: head_format(&self.head, self.int8_head)?,
             },
         )?;
         let session = Session::new(
@@ -220,9 +233,12 @@ struct BenchArgs {
     /// Ternary kernel (default: the fastest this CPU runs).
     #[arg(long)]
     kernel: Option<String>,
-    /// Compute logits with an int8 copy of the output head.
+    /// Compute logits with an int8 copy of the output head (same as --head int8).
     #[arg(long)]
     int8_head: bool,
+    /// Output head format: native, int8 or int4.
+    #[arg(long)]
+    head: Option<String>,
     /// One JSON line per thread count: {"threads", "kernel", "prefill_tok_s", "decode_tok_s",
     /// "load_s", "peak_rss_bytes"}.
     #[arg(long)]
@@ -456,7 +472,7 @@ fn bench(a: &BenchArgs) -> bit_ttt::Result<()> {
             &ModelParams {
                 n_threads: threads,
                 kernel,
-                int8_head: a.int8_head,
+                head: head_format(&a.head, a.int8_head)?,
             },
         )?;
         let load_s = start.elapsed().as_secs_f64();
@@ -495,7 +511,7 @@ fn bench(a: &BenchArgs) -> bit_ttt::Result<()> {
         if a.json {
             println!(
                 "{}",
-                json!({"threads": model.n_threads(), "kernel": model.kernel().name(), "int8_head": a.int8_head, "prefill_tok_s": prefill,
+                json!({"threads": model.n_threads(), "kernel": model.kernel().name(), "head": model.head_format().name(), "prefill_tok_s": prefill,
                        "decode_tok_s": decode, "load_s": load_s, "peak_rss_bytes": rss,
                        "read_bandwidth_gb_s": bandwidth / 1e9, "bytes_per_token": bytes,
                        "roofline_decode_tok_s": roofline, "decode_roofline_fraction": decode / roofline})

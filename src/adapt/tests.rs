@@ -10,7 +10,7 @@ fn transformer(name: &str, kernel: Kernel) -> Transformer {
         .join("tests/fixtures")
         .join(name);
     let (weights, _) = loader::load_weights(&Source::Dir(dir)).unwrap();
-    Transformer::new(weights, kernel, false)
+    Transformer::new(weights, kernel, crate::HeadFormat::Native)
 }
 
 fn tokens(vocab: usize, n: usize, seed: u64) -> Vec<u32> {

@@ -68,12 +68,13 @@ pub(crate) fn handle<'a, T>(ptr: *const T, what: &str) -> FfiResult<&'a T> {
     unsafe { ptr.as_ref() }.ok_or_else(|| FfiError::null(what))
 }
 
-/// Checks the `uint32_t struct_size` that starts every params and out-struct.
-fn check_struct_size<T>(ptr: *const T, what: &str) -> FfiResult {
+/// Checks the `uint32_t struct_size` that starts every params and out-struct: ours, or one of
+/// the `older` sizes the struct had before fields were appended. Returns the size.
+fn check_struct_size<T>(ptr: *const T, what: &str, older: &[usize]) -> FfiResult<usize> {
     // SAFETY: every params and out-struct starts with `uint32_t struct_size`; the caller passes a
     // non-NULL pointer to at least that much readable memory.
     let size = unsafe { ptr.cast::<u32>().read_unaligned() } as usize;
-    if size != std::mem::size_of::<T>() {
+    if size != std::mem::size_of::<T>() && !older.contains(&size) {
         return Err(FfiError::new(
             BIT_TTT_ABI_MISMATCH,
             format!(
@@ -82,7 +83,7 @@ fn check_struct_size<T>(ptr: *const T, what: &str) -> FfiResult {
             ),
         ));
     }
-    Ok(())
+    Ok(size)
 }
 
 /// Reads a params struct: NULL means defaults; a struct_size other than ours is ABI_MISMATCH.
@@ -91,12 +92,44 @@ pub(crate) fn params<T: Copy>(
     what: &str,
     defaults: impl FnOnce() -> T,
 ) -> FfiResult<T> {
+    versioned_params(ptr, what, defaults, &[])
+}
+
+/// `params` for a struct that has grown: a caller built against an older header passes one of
+/// the `older` sizes, and gets its fields plus defaults for the ones appended since. Only the
+/// bytes the caller's struct_size covers are read; bytes past the older layout's last field
+/// (its tail padding) are ignored however they are set, because `defaults` then decides.
+pub(crate) fn versioned_params<T: Copy>(
+    ptr: *const T,
+    what: &str,
+    defaults: impl FnOnce() -> T,
+    older: &[(usize, usize)],
+) -> FfiResult<T> {
     if ptr.is_null() {
         return Ok(defaults());
     }
-    check_struct_size(ptr, what)?;
-    // SAFETY: struct_size says the caller's struct is a full T.
-    Ok(unsafe { ptr.read_unaligned() })
+    let sizes: Vec<usize> = older.iter().map(|&(size, _)| size).collect();
+    let size = check_struct_size(ptr, what, &sizes)?;
+    if size == std::mem::size_of::<T>() {
+        // SAFETY: struct_size says the caller's struct is a full T.
+        return Ok(unsafe { ptr.read_unaligned() });
+    }
+    let used = older
+        .iter()
+        .find(|&&(s, _)| s == size)
+        .map_or(size, |&(_, used)| used);
+    let mut value = defaults();
+    // SAFETY: the caller's struct has `size` >= `used` readable bytes, the prefix of T they
+    // share (fields are only appended); `value` is a T, so `used` bytes fit in it.
+    unsafe { std::ptr::copy_nonoverlapping(ptr.cast::<u8>(), (&raw mut value).cast::<u8>(), used) };
+    // The caller's struct_size stays recorded as theirs; ours from here on.
+    // SAFETY: struct_size is the first field of every params struct.
+    unsafe {
+        (&raw mut value)
+            .cast::<u32>()
+            .write_unaligned(std::mem::size_of::<T>() as u32)
+    };
+    Ok(value)
 }
 
 /// Checks the struct_size of an out-struct the library fills.
@@ -104,6 +137,6 @@ pub(crate) fn out_struct<T>(ptr: *mut T, what: &str) -> FfiResult<*mut T> {
     if ptr.is_null() {
         return Err(FfiError::null(what));
     }
-    check_struct_size(ptr, what)?;
+    check_struct_size(ptr, what, &[])?;
     Ok(ptr)
 }

@@ -4,11 +4,11 @@ use std::collections::BTreeMap;
 use std::ffi::c_char;
 use std::sync::Arc;
 
-use super::boundary::{call, handle, out_struct, params, write_out};
+use super::boundary::{call, handle, out_struct, versioned_params, write_out};
 use super::status::*;
 use super::strings::{bit_ttt_string, bytes_in, path_in, slice_in, str_in, string_in};
 use crate::kernels::Kernel;
-use crate::{Model, ModelParams};
+use crate::{HeadFormat, Model, ModelParams};
 
 /// A loaded model: immutable, usable from any thread, shared by sessions. Reference counted:
 /// it lives until bit_ttt_model_free and the last session using it are both gone.
@@ -28,9 +28,15 @@ pub struct bit_ttt_model_params {
     /// environment variable if set, else the fastest this CPU runs.
     pub kernel: bit_ttt_string,
     /// Non-zero: compute logits with an int8 copy of the output head (faster decode, small
-    /// accuracy cost).
+    /// accuracy cost). `head`, when set, takes precedence.
     pub int8_head: u8,
+    /// Output head format by name ("native", "int8", "int4"); empty = int8 if int8_head is
+    /// set, else native. int4 reads a quarter of bf16's bytes per token (ABI 2).
+    pub head: bit_ttt_string,
 }
+
+/// sizeof(bit_ttt_model_params) before `head` was appended, and the bytes of it that held fields.
+const MODEL_PARAMS_V1: (usize, usize) = (32, 25);
 
 impl bit_ttt_model_params {
     fn defaults() -> Self {
@@ -42,6 +48,10 @@ impl bit_ttt_model_params {
                 len: 0,
             },
             int8_head: 0,
+            head: bit_ttt_string {
+                ptr: std::ptr::null(),
+                len: 0,
+            },
         }
     }
     fn into_rust(self) -> FfiResult<ModelParams> {
@@ -51,10 +61,18 @@ impl bit_ttt_model_params {
         } else {
             Some(Kernel::parse(&name)?)
         };
+        let head = string_in(&self.head, "head")?;
+        let head = if !head.is_empty() {
+            HeadFormat::parse(&head)?
+        } else if self.int8_head != 0 {
+            HeadFormat::Int8
+        } else {
+            HeadFormat::Native
+        };
         Ok(ModelParams {
             n_threads: self.n_threads as usize,
             kernel,
-            int8_head: self.int8_head != 0,
+            head,
         })
     }
 }
@@ -137,10 +155,11 @@ pub extern "C" fn bit_ttt_model_load(
             return Err(FfiError::null("out_model"));
         }
         let path = path_in(path, path_len)?;
-        let p = self::params(
+        let p = versioned_params(
             params,
             "bit_ttt_model_params",
             bit_ttt_model_params::defaults,
+            &[MODEL_PARAMS_V1],
         )?;
         boxed(Model::load(path, &p.into_rust()?)?, out_model)
     })
@@ -165,10 +184,11 @@ pub extern "C" fn bit_ttt_model_load_memory(
             let data = bytes_in(f.data.cast(), f.data_len, "files[].data")?;
             map.insert(name.to_string(), Arc::new(data.to_vec()));
         }
-        let p = self::params(
+        let p = versioned_params(
             params,
             "bit_ttt_model_params",
             bit_ttt_model_params::defaults,
+            &[MODEL_PARAMS_V1],
         )?;
         boxed(Model::load_memory(map, &p.into_rust()?)?, out_model)
     })

@@ -6,6 +6,7 @@
 
 pub mod attention;
 pub mod dense;
+pub mod int4;
 pub mod int8;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;

@@ -9,9 +9,11 @@ use super::linear::{Activations, Linear};
 use super::lora::{Adapters, Lora};
 use super::rope::Rope;
 use super::tape::{LayerTape, Tape};
+use crate::HeadFormat;
 use crate::config::Activation;
 use crate::error::{Error, Result};
 use crate::kernels::attention;
+use crate::kernels::int4::{self, Int4Matrix};
 use crate::kernels::int8::{self, Int8Matrix};
 use crate::kernels::{Kernel, dense, scalar};
 
@@ -20,8 +22,8 @@ pub struct Transformer {
     pub weights: Weights,
     rope: Rope,
     kernel: Kernel,
-    /// An int8 copy of the output head, used instead of it when present.
-    head_int8: Option<Int8Matrix>,
+    /// A quantised copy of the output head, used instead of it when present.
+    head_quant: Option<QuantHead>,
     /// BitLinear inputs stay f32 (no int8 quantiser): the smooth function the finite-difference
     /// tests of `adapt` differentiate. Never set for inference.
     float_activations: bool,
@@ -35,15 +37,26 @@ fn norm_rows(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
     out
 }
 
+/// The output head's quantised copies.
+enum QuantHead {
+    Int8(Int8Matrix),
+    Int4(Int4Matrix),
+}
+
 impl Transformer {
-    pub fn new(weights: Weights, kernel: Kernel, int8_head: bool) -> Self {
+    pub fn new(weights: Weights, kernel: Kernel, head: HeadFormat) -> Self {
         let rope = Rope::new(&weights.config);
-        let head_int8 = int8_head.then(|| Int8Matrix::from_dense(weights.head().view()));
+        let view = weights.head().view();
+        let head_quant = match head {
+            HeadFormat::Native => None,
+            HeadFormat::Int8 => Some(QuantHead::Int8(Int8Matrix::from_dense(view))),
+            HeadFormat::Int4 => Some(QuantHead::Int4(Int4Matrix::from_dense(view))),
+        };
         Self {
             weights,
             rope,
             kernel,
-            head_int8,
+            head_quant,
             float_activations: false,
         }
     }
@@ -59,14 +72,22 @@ impl Transformer {
         self.float_activations
     }
 
-    /// True when logits come from the int8 copy of the head.
-    pub fn int8_head(&self) -> bool {
-        self.head_int8.is_some()
+    /// Which copy of the head computes the logits.
+    pub fn head_format(&self) -> HeadFormat {
+        match self.head_quant {
+            None => HeadFormat::Native,
+            Some(QuantHead::Int8(_)) => HeadFormat::Int8,
+            Some(QuantHead::Int4(_)) => HeadFormat::Int4,
+        }
     }
 
-    /// Bytes of the int8 head copy (0 without one).
-    pub fn int8_head_bytes(&self) -> usize {
-        self.head_int8.as_ref().map_or(0, Int8Matrix::bytes)
+    /// Bytes of the quantised head copy (0 without one).
+    pub fn quant_head_bytes(&self) -> usize {
+        match &self.head_quant {
+            None => 0,
+            Some(QuantHead::Int8(m)) => m.bytes(),
+            Some(QuantHead::Int4(m)) => m.bytes(),
+        }
     }
 
     /// The rotary embedding tables.
@@ -257,8 +278,9 @@ impl Transformer {
         let head = self.weights.head();
         let n_tok = hidden_states.len() / head.cols;
         let mut out = vec![0.0; n_tok * head.rows];
-        match &self.head_int8 {
-            Some(q) => int8::gemm(self.kernel, q, hidden_states, n_tok, &mut out),
+        match &self.head_quant {
+            Some(QuantHead::Int8(q)) => int8::gemm(self.kernel, q, hidden_states, n_tok, &mut out),
+            Some(QuantHead::Int4(q)) => int4::gemm(self.kernel, q, hidden_states, n_tok, &mut out),
             None => dense::gemm(self.kernel, head.view(), hidden_states, n_tok, &mut out),
         }
         out

@@ -1,0 +1,375 @@
+//! A 4-bit copy of a dense matrix (the output head): groups of 64 columns, each with its own f32
+//! scale and symmetric values in -7..=7, read against int8 activations. 4.5 bits per weight: a
+//! quarter of bf16's bytes per decode step, for an accuracy cost measured by tests/head_quant.rs.
+//!
+//! Each group's integer sum is exact. The float combination has one fixed order that every
+//! kernel follows: group g adds `d_g · s_g` (multiply, then add) into lane `g % 16` of sixteen
+//! f32 lanes, which are then summed by `sum_lanes`. So SIMD and portable results are bit-identical.
+
+use rayon::prelude::*;
+
+use super::Kernel;
+use super::dense::DenseView;
+use crate::quant;
+
+/// Columns per group (one scale each).
+pub const GROUP: usize = 64;
+/// Float lanes of the fixed summation order (groups per AVX-512 chunk).
+const LANES: usize = 16;
+
+/// A `[rows, cols]` matrix as 4-bit groups. In group g of a row, byte j holds column 64g + j in
+/// its low nibble and column 64g + 32 + j in its high nibble, as value + 8 (so 1..=15; padding 8).
+#[derive(Debug, Clone)]
+pub struct Int4Matrix {
+    pub rows: usize,
+    pub cols: usize,
+    /// Groups per row (columns rounded up to whole groups).
+    pub groups: usize,
+    pub nibbles: Vec<u8>,
+    /// `rows × groups_padded` scales, zero past the last group.
+    pub scales: Vec<f32>,
+}
+
+/// Groups rounded up to whole lanes, so that scales and group sums load without a tail.
+fn padded(groups: usize) -> usize {
+    groups.div_ceil(LANES) * LANES
+}
+
+impl Int4Matrix {
+    /// Per group: d = max|v| / 7, value = round(v / d) (half to even).
+    pub fn from_dense(m: DenseView) -> Self {
+        let groups = m.cols.div_ceil(GROUP);
+        let (row_bytes, gp) = (groups * GROUP / 2, padded(groups));
+        let mut nibbles = vec![0x88u8; m.rows * row_bytes];
+        let mut scales = vec![0f32; m.rows * gp];
+        nibbles
+            .par_chunks_mut(row_bytes)
+            .zip(scales.par_chunks_mut(gp))
+            .enumerate()
+            .for_each(|(r, (out, sc))| {
+                let mut vals = vec![0f32; groups * GROUP];
+                m.row_into(r, &mut vals[..m.cols]);
+                for (v, (o, d)) in vals
+                    .chunks_exact(GROUP)
+                    .zip(out.chunks_exact_mut(GROUP / 2).zip(sc.iter_mut()))
+                {
+                    let max = v.iter().fold(0f32, |a, x| a.max(x.abs()));
+                    *d = max / 7.0;
+                    let inv = if max > 0.0 { 7.0 / max } else { 0.0 };
+                    let code = |x: f32| {
+                        (quant::round_half_even_small(x * inv).clamp(-7.0, 7.0) as i32 + 8) as u8
+                    };
+                    for j in 0..GROUP / 2 {
+                        o[j] = code(v[j]) | code(v[j + GROUP / 2]) << 4;
+                    }
+                }
+            });
+        Self {
+            rows: m.rows,
+            cols: m.cols,
+            groups,
+            nibbles,
+            scales,
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.nibbles.len() + 4 * self.scales.len()
+    }
+
+    fn row_bytes(&self) -> usize {
+        self.groups * GROUP / 2
+    }
+}
+
+/// One token's int8 activations padded to whole groups, with each group's sum (for the +8 offset
+/// of the stored values), padded to whole lanes with zeros.
+pub struct Int4Input {
+    pub q: Vec<i8>,
+    pub group_sums: Vec<i32>,
+}
+
+impl Int4Input {
+    pub fn new(q: &[i8], groups: usize) -> Self {
+        let mut padded_q = vec![0i8; groups * GROUP];
+        padded_q[..q.len()].copy_from_slice(q);
+        let mut group_sums = vec![0i32; padded(groups)];
+        for (s, c) in group_sums.iter_mut().zip(padded_q.chunks_exact(GROUP)) {
+            *s = c.iter().map(|&v| i32::from(v)).sum();
+        }
+        Self {
+            q: padded_q,
+            group_sums,
+        }
+    }
+}
+
+/// The fixed final order over the sixteen lanes.
+fn sum_lanes(l: &[f32; LANES]) -> f32 {
+    let mut h = [0f32; 8];
+    for i in 0..8 {
+        h[i] = l[i] + l[i + 8];
+    }
+    ((h[0] + h[4]) + (h[1] + h[5])) + ((h[2] + h[6]) + (h[3] + h[7]))
+}
+
+/// The oracle: row `r` · the token, in the documented order.
+pub fn dot_portable(m: &Int4Matrix, r: usize, x: &Int4Input) -> f32 {
+    let row = &m.nibbles[r * m.row_bytes()..][..m.row_bytes()];
+    let scales = &m.scales[r * padded(m.groups)..];
+    let mut lanes = [0f32; LANES];
+    for g in 0..m.groups {
+        let (bytes, q) = (
+            &row[g * GROUP / 2..][..GROUP / 2],
+            &x.q[g * GROUP..][..GROUP],
+        );
+        let mut s = 0i32;
+        for j in 0..GROUP / 2 {
+            s += i32::from(bytes[j] & 15) * i32::from(q[j]);
+            s += i32::from(bytes[j] >> 4) * i32::from(q[j + GROUP / 2]);
+        }
+        s -= 8 * x.group_sums[g];
+        lanes[g % LANES] += scales[g] * s as f32;
+    }
+    sum_lanes(&lanes)
+}
+
+fn dot(kernel: Kernel, m: &Int4Matrix, r: usize, x: &Int4Input) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let row = &m.nibbles[r * m.row_bytes()..][..m.row_bytes()];
+        let scales = &m.scales[r * padded(m.groups)..][..padded(m.groups)];
+        match kernel {
+            // SAFETY: selected kernels are supported by this CPU (Kernel::select); the row,
+            // scales and input hold `groups` whole groups, scales and sums whole lanes.
+            Kernel::Avx512Vnni => return unsafe { x86::dot_vnni(row, scales, m.groups, x) },
+            // SAFETY: as above.
+            Kernel::Avx2 => return unsafe { x86::dot_avx2(row, scales, m.groups, x) },
+            _ => {}
+        }
+    }
+    let _ = kernel;
+    dot_portable(m, r, x)
+}
+
+/// `out[t][r] = W[r] · x[t]` through 4-bit weights and int8 activations quantised per token.
+pub fn gemm(kernel: Kernel, m: &Int4Matrix, x: &[f32], n_tok: usize, out: &mut [f32]) {
+    assert_eq!(x.len(), n_tok * m.cols, "int4 gemm: input size");
+    assert_eq!(out.len(), n_tok * m.rows, "int4 gemm: output size");
+    let mut q = vec![0i8; m.cols];
+    for (xt, ot) in x.chunks_exact(m.cols).zip(out.chunks_exact_mut(m.rows)) {
+        let inv = 1.0 / quant::quantize_activations(xt, &mut q);
+        let input = Int4Input::new(&q, m.groups);
+        ot.par_iter_mut()
+            .enumerate()
+            .with_min_len(256)
+            .for_each(|(r, o)| *o = dot(kernel, m, r, &input) * inv);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{GROUP, Int4Input, LANES, sum_lanes};
+
+    /// Sixteen vectors of i32 partial sums → one vector whose lane g is the total of vector g.
+    #[target_feature(enable = "avx512f")]
+    fn reduce16(t: [__m512i; 16]) -> __m512i {
+        let u: [__m512i; 8] = std::array::from_fn(|i| {
+            let (a, b) = (t[2 * i], t[2 * i + 1]);
+            _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b))
+        });
+        let v: [__m512i; 4] = std::array::from_fn(|i| {
+            let (a, b) = (u[2 * i], u[2 * i + 1]);
+            _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b))
+        });
+        let pair = |a: __m512i, b: __m512i| {
+            _mm512_add_epi32(
+                _mm512_shuffle_i32x4::<0b10_00_10_00>(a, b),
+                _mm512_shuffle_i32x4::<0b11_01_11_01>(a, b),
+            )
+        };
+        pair(pair(v[0], v[1]), pair(v[2], v[3]))
+    }
+
+    /// # Safety
+    /// AVX-512 F/BW/VNNI are present; `row` holds `groups` groups of 32 bytes, `scales` and
+    /// `x.group_sums` whole multiples of 16 entries covering them, `x.q` `groups * 64` values.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn dot_vnni(row: &[u8], scales: &[f32], groups: usize, x: &Int4Input) -> f32 {
+        let low = _mm256_set1_epi8(15);
+        let mut lanes = _mm512_setzero_ps();
+        for c in (0..groups).step_by(LANES) {
+            let t: [__m512i; 16] = std::array::from_fn(|i| {
+                let g = c + i;
+                if g >= groups {
+                    return _mm512_setzero_si512();
+                }
+                // SAFETY: group g is within the row and the activations (caller's contract).
+                let (b, q) = unsafe {
+                    (
+                        _mm256_loadu_si256(row.as_ptr().add(g * GROUP / 2).cast()),
+                        _mm512_loadu_si512(x.q.as_ptr().add(g * GROUP).cast()),
+                    )
+                };
+                let lo = _mm256_and_si256(b, low);
+                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(b), low);
+                let u = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+                _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, q)
+            });
+            // SAFETY: c + 16 <= the padded length of scales and sums (caller's contract).
+            let (d, gs) = unsafe {
+                (
+                    _mm512_loadu_ps(scales.as_ptr().add(c)),
+                    _mm512_loadu_si512(x.group_sums.as_ptr().add(c).cast()),
+                )
+            };
+            let s = _mm512_sub_epi32(reduce16(t), _mm512_slli_epi32::<3>(gs));
+            lanes = _mm512_add_ps(lanes, _mm512_mul_ps(d, _mm512_cvtepi32_ps(s)));
+        }
+        let mut l = [0f32; LANES];
+        // SAFETY: `l` holds sixteen floats.
+        unsafe { _mm512_storeu_ps(l.as_mut_ptr(), lanes) };
+        sum_lanes(&l)
+    }
+
+    /// Eight vectors of i32 partial sums → one vector whose lane g is the total of vector g.
+    #[target_feature(enable = "avx2")]
+    fn reduce8(t: [__m256i; 8]) -> __m256i {
+        let u: [__m256i; 4] = std::array::from_fn(|i| _mm256_hadd_epi32(t[2 * i], t[2 * i + 1]));
+        let v0 = _mm256_hadd_epi32(u[0], u[1]);
+        let v1 = _mm256_hadd_epi32(u[2], u[3]);
+        // v0 = [g0 g1 g2 g3 | g0 g1 g2 g3] halves of groups 0-3, v1 likewise for 4-7.
+        let lo = _mm256_permute2x128_si256::<0x20>(v0, v1);
+        let hi = _mm256_permute2x128_si256::<0x31>(v0, v1);
+        _mm256_add_epi32(lo, hi)
+    }
+
+    /// The AVX2 version of `dot_vnni`: two halves of eight lanes.
+    ///
+    /// # Safety
+    /// AVX2 is present; buffers as for `dot_vnni`.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn dot_avx2(row: &[u8], scales: &[f32], groups: usize, x: &Int4Input) -> f32 {
+        let (low, ones) = (_mm256_set1_epi8(15), _mm256_set1_epi16(1));
+        let mut lanes = [_mm256_setzero_ps(); 2];
+        for c in (0..groups).step_by(8) {
+            let t: [__m256i; 8] = std::array::from_fn(|i| {
+                let g = c + i;
+                if g >= groups {
+                    return _mm256_setzero_si256();
+                }
+                // SAFETY: group g is within the row and the activations (caller's contract).
+                let (b, q0, q1) = unsafe {
+                    (
+                        _mm256_loadu_si256(row.as_ptr().add(g * GROUP / 2).cast()),
+                        _mm256_loadu_si256(x.q.as_ptr().add(g * GROUP).cast()),
+                        _mm256_loadu_si256(x.q.as_ptr().add(g * GROUP + 32).cast()),
+                    )
+                };
+                let lo = _mm256_and_si256(b, low);
+                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(b), low);
+                // Pair sums ≤ 2·15·128 each, two of them: within i16.
+                let p =
+                    _mm256_add_epi16(_mm256_maddubs_epi16(lo, q0), _mm256_maddubs_epi16(hi, q1));
+                _mm256_madd_epi16(p, ones)
+            });
+            // SAFETY: c + 8 <= the padded length of scales and sums (caller's contract).
+            let (d, gs) = unsafe {
+                (
+                    _mm256_loadu_ps(scales.as_ptr().add(c)),
+                    _mm256_loadu_si256(x.group_sums.as_ptr().add(c).cast()),
+                )
+            };
+            let s = _mm256_sub_epi32(reduce8(t), _mm256_slli_epi32::<3>(gs));
+            let half = (c / 8) % 2;
+            lanes[half] = _mm256_add_ps(lanes[half], _mm256_mul_ps(d, _mm256_cvtepi32_ps(s)));
+        }
+        let mut l = [0f32; LANES];
+        // SAFETY: `l` holds sixteen floats.
+        unsafe {
+            _mm256_storeu_ps(l.as_mut_ptr(), lanes[0]);
+            _mm256_storeu_ps(l.as_mut_ptr().add(8), lanes[1]);
+        }
+        sum_lanes(&l)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loader::safetensors::DType;
+
+    fn matrix(rows: usize, cols: usize, seed: u32) -> Vec<u8> {
+        let mut s = seed.wrapping_mul(2_654_435_761) | 1;
+        (0..rows * cols)
+            .flat_map(|i| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                // Some rows with an outlier, some all zero.
+                let v = match i / cols % 5 {
+                    0 => 0.0,
+                    1 if i % cols == 3 => 40.0,
+                    _ => s as f32 / u32::MAX as f32 - 0.5,
+                };
+                v.to_le_bytes()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_kernel_matches_the_portable_order_bit_for_bit() {
+        for (rows, cols) in [(7, 64), (5, 65), (9, 1000), (3, 2560), (4, 1100), (2, 2048)] {
+            let data = matrix(rows, cols, cols as u32);
+            let m = Int4Matrix::from_dense(DenseView {
+                dtype: DType::F32,
+                data: &data,
+                rows,
+                cols,
+            });
+            for fill in [None, Some(127i8), Some(-128), Some(-127)] {
+                let q: Vec<i8> = (0..cols)
+                    .map(|i| fill.unwrap_or(((i * 37 + 11) % 256) as u8 as i8))
+                    .collect();
+                let x = Int4Input::new(&q, m.groups);
+                for r in 0..rows {
+                    let want = dot_portable(&m, r, &x);
+                    for k in Kernel::available() {
+                        assert_eq!(
+                            dot(k, &m, r, &x).to_bits(),
+                            want.to_bits(),
+                            "{} {rows}x{cols} row {r} {fill:?}",
+                            k.name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn quantisation_is_symmetric_per_group() {
+        let data = matrix(5, 130, 1);
+        let view = DenseView {
+            dtype: DType::F32,
+            data: &data,
+            rows: 5,
+            cols: 130,
+        };
+        let m = Int4Matrix::from_dense(view);
+        let mut row = vec![0f32; 130];
+        for r in 0..5 {
+            view.row_into(r, &mut row);
+            for c in 0..130 {
+                let (g, j) = (c / GROUP, c % GROUP);
+                let byte = m.nibbles[r * m.row_bytes() + g * 32 + j % 32];
+                let code = if j < 32 { byte & 15 } else { byte >> 4 };
+                let d = m.scales[r * padded(m.groups) + g];
+                let back = (i32::from(code) - 8) as f32 * d;
+                assert!((back - row[c]).abs() <= d / 2.0 + 1e-6, "row {r} col {c}");
+            }
+        }
+    }
+}

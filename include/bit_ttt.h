@@ -100,11 +100,6 @@
 #define BIT_TTT_LOG_DEBUG 4
 
 /**
- * Columns per group (one scale each).
- */
-#define GROUP 64
-
-/**
  * Weights per block.
  */
 #define BLOCK 256
@@ -113,11 +108,6 @@
  * Bytes per block (2 bits per weight).
  */
 #define BLOCK_BYTES (BLOCK / 4)
-
-/**
- * How the output head is stored for computing logits.
- */
-typedef struct HeadFormat HeadFormat;
 
 /**
  * A ternary matrix-product implementation.

@@ -51,6 +51,7 @@ namespace BitTtt
         public uint Threads;          // 0 = one per core
         public string Kernel;         // null = the fastest this CPU runs
         public bool Int8Head;
+        public string Head;           // "native", "int8" or "int4"; null = Int8Head decides
     }
 
     public sealed class GenerateOptions
@@ -125,7 +126,7 @@ namespace BitTtt
         public struct Str { public IntPtr Ptr; public UIntPtr Len; }
 
         [StructLayout(LayoutKind.Sequential)]
-        public struct ModelParams { public uint StructSize; public uint NThreads; public Str Kernel; public byte Int8Head; }
+        public struct ModelParams { public uint StructSize; public uint NThreads; public Str Kernel; public byte Int8Head; public Str Head; }
 
         [StructLayout(LayoutKind.Sequential)]
         public struct ModelInfo
@@ -250,7 +251,7 @@ namespace BitTtt
 
         static Native()
         {
-            if (bit_ttt_abi_version() < 1) throw new BitTttException(Status.AbiMismatch, "library ABI is older than these bindings");
+            if (bit_ttt_abi_version() < 2) throw new BitTttException(Status.AbiMismatch, "library ABI is older than these bindings");
             CheckSize("bit_ttt_model_params", typeof(ModelParams));
             CheckSize("bit_ttt_model_info", typeof(ModelInfo));
             CheckSize("bit_ttt_session_params", typeof(SessionParams));
@@ -285,7 +286,7 @@ namespace BitTtt
         {
             var p = new Native.ModelParams();
             Native.Check(Native.bit_ttt_model_params_init(ref p));
-            GCHandle kernel = default(GCHandle);
+            GCHandle kernel = default(GCHandle), head = default(GCHandle);
             try
             {
                 if (options != null)
@@ -299,6 +300,13 @@ namespace BitTtt
                         p.Kernel.Ptr = kernel.AddrOfPinnedObject();
                         p.Kernel.Len = (UIntPtr)k.Length;
                     }
+                    if (!string.IsNullOrEmpty(options.Head))
+                    {
+                        byte[] hb = Native.Utf8(options.Head);
+                        head = GCHandle.Alloc(hb, GCHandleType.Pinned);
+                        p.Head.Ptr = head.AddrOfPinnedObject();
+                        p.Head.Len = (UIntPtr)hb.Length;
+                    }
                 }
                 byte[] b = Native.Utf8(path);
                 ModelHandle h;
@@ -308,6 +316,7 @@ namespace BitTtt
             finally
             {
                 if (kernel.IsAllocated) kernel.Free();
+                if (head.IsAllocated) head.Free();
             }
         }
 

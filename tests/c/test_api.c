@@ -207,6 +207,37 @@ static void test_model_errors(void) {
     EXPECT(bit_ttt_model_load(g_model_dir, BIT_TTT_NUL_TERMINATED, &mp, &m), BIT_TTT_ABI_MISMATCH);
     CHECK(m == NULL); /* out-parameters are written only on success */
 
+    /* A caller built against ABI 1 (no `head` field: struct_size 32) still loads, whatever
+     * its tail padding holds, and gets the new field's default. */
+    {
+        struct {
+            uint32_t struct_size, n_threads;
+            bit_ttt_string kernel;
+            uint8_t int8_head, padding[7];
+        } v1;
+        CHECK(sizeof v1 == 32 && sizeof(bit_ttt_model_params) > 32);
+        memset(&v1, 0xAB, sizeof v1);
+        v1.struct_size = sizeof v1;
+        v1.n_threads = 1;
+        v1.kernel.ptr = NULL;
+        v1.kernel.len = 0;
+        v1.int8_head = 1;
+        OK(bit_ttt_model_load(g_model_dir, BIT_TTT_NUL_TERMINATED, (const bit_ttt_model_params *)&v1, &m));
+        bit_ttt_model_free(m);
+        m = NULL;
+    }
+    /* The head format by name; an unknown one is named in the error. */
+    OK(bit_ttt_model_params_init(&mp));
+    mp.head.ptr = "int4";
+    mp.head.len = BIT_TTT_NUL_TERMINATED;
+    OK(bit_ttt_model_load(g_model_dir, BIT_TTT_NUL_TERMINATED, &mp, &m));
+    bit_ttt_model_free(m);
+    m = NULL;
+    mp.head.ptr = "int3";
+    EXPECT(bit_ttt_model_load(g_model_dir, BIT_TTT_NUL_TERMINATED, &mp, &m), BIT_TTT_INVALID_ARGUMENT);
+    CHECK(strstr(bit_ttt_last_error(), "int3") != NULL);
+    CHECK(m == NULL);
+
     char dir[4096];
     snprintf(dir, sizeof dir, "%s/truncated", g_scratch);
     copy_model(dir, 1000);

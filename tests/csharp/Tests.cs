@@ -37,6 +37,9 @@ static class Tests
         string dir = args[0], other = args[1];
         Check(Model.Version == "0.1.0", "version");
         Check(Model.SystemInfo.Contains("ternary kernel"), "system info");
+        using (var m4 = Model.Load(dir, new ModelOptions { Head = "int4" }))
+            Check(m4.Info.VocabSize > 0, "int4 head");
+        Throws(Status.InvalidArgument, () => Model.Load(dir, new ModelOptions { Head = "int3" }), "unknown head");
 
         using (var model = Model.Load(dir))
         {

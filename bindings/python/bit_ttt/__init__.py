@@ -96,11 +96,13 @@ class Llama:
 
     model_path: a Hugging Face BitNet folder or a `bit-ttt convert` file; None = the sample model.
     n_ctx: context tokens (0 = the model's maximum). n_threads: 0 = one per core.
-    seed: the sampler's seed. kernel: force a CPU kernel ("avx2", ...). int8_head: faster logits.
+    seed: the sampler's seed. kernel: force a CPU kernel ("avx2", ...). head: the output head's
+    format, "native", "int8" or "int4" (fewer bytes per token, faster decode; int8_head=True is
+    head="int8").
     """
 
     def __init__(self, model_path=None, *, n_ctx=0, n_threads=0, n_batch=512, seed=None,
-                 kernel=None, int8_head=False, verbose=False):
+                 kernel=None, int8_head=False, head=None, verbose=False):
         self._model = c_void_p()
         self._session = c_void_p()
         path = Path(model_path) if model_path is not None else _sample_model()
@@ -113,6 +115,10 @@ class Llama:
         if kernel_bytes:
             buf = ctypes.create_string_buffer(kernel_bytes)
             mp.kernel.ptr, mp.kernel.len = ctypes.cast(buf, c_void_p), len(kernel_bytes)
+        head_bytes = _utf8(head) if head else b""
+        if head_bytes:
+            head_buf = ctypes.create_string_buffer(head_bytes)
+            mp.head.ptr, mp.head.len = ctypes.cast(head_buf, c_void_p), len(head_bytes)
         p = _utf8(str(path))
         check(_L.bit_ttt_model_load(p, len(p), byref(mp), byref(self._model)))
         sp = _lib.SessionParams()

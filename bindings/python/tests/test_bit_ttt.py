@@ -201,3 +201,11 @@ def test_two_sessions_from_two_threads():
     assert not errors and results == [want, want]
     for m in models:
         m.close()
+
+
+def test_quantised_heads_load_and_generate():
+    for head in ("int8", "int4"):
+        with bit_ttt.Llama(n_ctx=128, seed=1, head=head) as m:
+            assert m("It was a cold morning and", max_tokens=4, temperature=0)["choices"][0]["text"]
+    with pytest.raises(bit_ttt.InvalidArgumentError, match="int3"):
+        bit_ttt.Llama(n_ctx=128, head="int3")

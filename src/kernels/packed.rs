@@ -85,12 +85,16 @@ impl QuantizedRows {
         let cols = x.len() / n_tok;
         let cols_padded = cols.div_ceil(BLOCK) * BLOCK;
         let mut q = vec![0i8; n_tok * cols_padded];
-        let mut sums = Vec::with_capacity(n_tok);
-        let mut scales = Vec::with_capacity(n_tok);
-        for (xr, qr) in x.chunks_exact(cols).zip(q.chunks_exact_mut(cols_padded)) {
-            scales.push(quant::quantize_activations(xr, &mut qr[..cols]));
-            sums.push(qr.iter().map(|&v| i32::from(v)).sum());
-        }
+        // Tokens are independent: a prompt's are quantised in parallel.
+        let (scales, sums): (Vec<f32>, Vec<i32>) = x
+            .par_chunks_exact(cols)
+            .zip(q.par_chunks_exact_mut(cols_padded))
+            .with_min_len(16)
+            .map(|(xr, qr)| {
+                let s = quant::quantize_activations(xr, &mut qr[..cols]);
+                (s, qr.iter().map(|&v| i32::from(v)).sum::<i32>())
+            })
+            .unzip();
         Self {
             n_tok,
             cols,

@@ -31,9 +31,11 @@ pub struct Transformer {
 
 fn norm_rows(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
     let mut out = vec![0.0; x.len()];
-    for (xr, or) in x.chunks_exact(w.len()).zip(out.chunks_exact_mut(w.len())) {
-        scalar::rms_norm(xr, w, eps, or);
-    }
+    // Rows are independent: a prompt's are normed in parallel.
+    x.par_chunks_exact(w.len())
+        .zip(out.par_chunks_exact_mut(w.len()))
+        .with_min_len(16)
+        .for_each(|(xr, or)| scalar::rms_norm(xr, w, eps, or));
     out
 }
 
@@ -213,8 +215,9 @@ impl Transformer {
             let gate = self.project((&layer.gate, lora(4)), &h2_in, scale, on.then_some(u_gate));
             let up = self.project((&layer.up, lora(5)), &h2_in, scale, on.then_some(u_up));
             let m: Vec<f32> = gate
-                .iter()
+                .par_iter()
                 .zip(&up)
+                .with_min_len(1 << 14)
                 .map(|(&g, &u)| match cfg.activation {
                     Activation::Relu2 => {
                         let r = g.max(0.0);

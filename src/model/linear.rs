@@ -3,6 +3,8 @@
 
 use std::cell::OnceCell;
 
+use rayon::prelude::*;
+
 use crate::kernels::Kernel;
 use crate::kernels::dense::{self, DenseView};
 use crate::kernels::packed::{BLOCK, BLOCK_BYTES, PackedTernary, QuantizedRows};
@@ -167,17 +169,23 @@ impl Linear {
                 let (rows, n_tok) = (w.packed.rows, input.n_tok);
                 let mut acc = vec![0i32; n_tok * rows];
                 kernel.ternary_gemm(&w.packed, x, &mut acc);
-                let scale: Vec<f32> = x.scales.iter().map(|s| w.gamma / s).collect();
-                // acc is [rows][n_tok]: transposed in tiles of 16 rows so that both sides
-                // stream through cache (row by row, a prefill touched one line per value).
-                for r0 in (0..rows).step_by(16) {
-                    let r1 = (r0 + 16).min(rows);
-                    for (t, o_row) in out.chunks_exact_mut(rows).enumerate() {
-                        for (r, o) in o_row[r0..r1].iter_mut().enumerate() {
-                            *o = acc[(r0 + r) * n_tok + t] as f32 * scale[t];
+                // acc is [rows][n_tok]: transposed in tiles of 16 tokens × 16 rows so that both
+                // sides stream through cache (row by row, a prefill touched one line per value),
+                // the tokens' tiles in parallel.
+                out.par_chunks_mut(16 * rows)
+                    .enumerate()
+                    .for_each(|(tb, block)| {
+                        let t0 = 16 * tb;
+                        for r0 in (0..rows).step_by(16) {
+                            let r1 = (r0 + 16).min(rows);
+                            for (dt, o_row) in block.chunks_exact_mut(rows).enumerate() {
+                                let (t, scale) = (t0 + dt, w.gamma / x.scales[t0 + dt]);
+                                for (r, o) in o_row[r0..r1].iter_mut().enumerate() {
+                                    *o = acc[(r0 + r) * n_tok + t] as f32 * scale;
+                                }
+                            }
                         }
-                    }
-                }
+                    });
             }
             Linear::Dense(w) => dense::gemm(kernel, w.view(), input.x, input.n_tok, out),
         }

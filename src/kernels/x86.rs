@@ -17,6 +17,10 @@ unsafe fn row_avx2<const N: usize>(row: *const u8, q: [*const i8; N], blocks: us
     let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_si256(); N];
     for b in 0..blocks {
+        if N == 1 {
+            // A hint that never faults, wherever it points.
+            _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(b * BLOCK_BYTES + PREFETCH).cast());
+        }
         for h in 0..2 {
             // SAFETY: within the row's `blocks * 64` bytes (caller's contract).
             let wv = unsafe { _mm256_loadu_si256(row.add(b * BLOCK_BYTES + h * 32).cast()) };

@@ -167,29 +167,51 @@ impl Linear {
             Linear::Ternary(w) => {
                 let x = input.quantized();
                 let (rows, n_tok) = (w.packed.rows, input.n_tok);
-                let mut acc = vec![0i32; n_tok * rows];
-                kernel.ternary_gemm(&w.packed, x, &mut acc);
-                // acc is [rows][n_tok]: transposed in tiles of 16 tokens × 16 rows so that both
-                // sides stream through cache (row by row, a prefill touched one line per value),
-                // the tokens' tiles in parallel.
-                out.par_chunks_mut(16 * rows)
-                    .enumerate()
-                    .for_each(|(tb, block)| {
-                        let t0 = 16 * tb;
-                        for r0 in (0..rows).step_by(16) {
-                            let r1 = (r0 + 16).min(rows);
-                            for (dt, o_row) in block.chunks_exact_mut(rows).enumerate() {
-                                let (t, scale) = (t0 + dt, w.gamma / x.scales[t0 + dt]);
-                                for (r, o) in o_row[r0..r1].iter_mut().enumerate() {
-                                    *o = acc[(r0 + r) * n_tok + t] as f32 * scale;
-                                }
-                            }
-                        }
-                    });
+                let mut run = |acc: &mut Vec<i32>| {
+                    acc.resize(n_tok * rows, 0);
+                    kernel.ternary_gemm(&w.packed, x, &mut acc[..n_tok * rows]);
+                    Self::scale_out(w, x, acc, out);
+                };
+                // The accumulators are scratch (every value is written by the kernel): kept per
+                // thread and reused, as a fresh prompt-sized buffer costs a page fault per 4 KiB.
+                // A thread waiting inside the kernel may run another session's forward pass
+                // (rayon steals work while it waits): that one gets a buffer of its own.
+                ACC.with(|cell| match cell.try_borrow_mut() {
+                    Ok(mut acc) => run(&mut acc),
+                    Err(_) => run(&mut Vec::new()),
+                });
             }
             Linear::Dense(w) => dense::gemm(kernel, w.view(), input.x, input.n_tok, out),
         }
     }
+
+    /// out[t][r] = acc[r][t] · γ / s_t.
+    fn scale_out(w: &TernaryMatrix, x: &QuantizedRows, acc: &[i32], out: &mut [f32]) {
+        let (rows, n_tok) = (w.packed.rows, x.n_tok);
+        // acc is [rows][n_tok]: transposed in tiles of 16 tokens × 16 rows so that both
+        // sides stream through cache (row by row, a prefill touched one line per value),
+        // the tokens' tiles in parallel.
+        out.par_chunks_mut(16 * rows)
+            .enumerate()
+            .for_each(|(tb, block)| {
+                let t0 = 16 * tb;
+                for r0 in (0..rows).step_by(16) {
+                    let r1 = (r0 + 16).min(rows);
+                    for (dt, o_row) in block.chunks_exact_mut(rows).enumerate() {
+                        let (t, scale) = (t0 + dt, w.gamma / x.scales[t0 + dt]);
+                        for (r, o) in o_row[r0..r1].iter_mut().enumerate() {
+                            *o = acc[(r0 + r) * n_tok + t] as f32 * scale;
+                        }
+                    }
+                }
+            });
+    }
+}
+
+thread_local! {
+    /// Per-thread scratch for `Linear::forward`'s int32 accumulators (grows to the largest
+    /// batch × rows seen: 14 MB for a 512-token prompt through a 2B4T FFN).
+    static ACC: std::cell::RefCell<Vec<i32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 #[cfg(test)]

@@ -86,7 +86,7 @@
 /**
  * Version of the C ABI: bumped only by additions (functions, struct fields at the end).
  */
-#define BIT_TTT_ABI_VERSION 2
+#define BIT_TTT_ABI_VERSION 3
 
 /**
  * Log levels passed to the log callback.
@@ -113,6 +113,11 @@
  * A ternary matrix-product implementation.
  */
 typedef struct Kernel Kernel;
+
+/**
+ * How the cache stores keys and values.
+ */
+typedef struct KvType KvType;
 
 /**
  * A generation or adapt running on an internal thread. Free with bit_ttt_job_free.
@@ -414,6 +419,11 @@ typedef struct bit_ttt_session_params {
    * Seed of the session's sampler.
    */
   uint64_t seed;
+  /**
+   * How the KV cache stores keys and values, by name: "f32" (exact; the default when
+   * empty) or "f16" (half the memory and, in long contexts, faster decode) (ABI 3).
+   */
+  struct bit_ttt_string kv_cache;
 } bit_ttt_session_params;
 
 /**
@@ -539,6 +549,8 @@ typedef struct bit_ttt_chat_message {
  * The library panicked; the process is fine, the session (if any) is poisoned.
  */
 #define BIT_TTT_PANIC 101
+
+
 
 
 

@@ -37,6 +37,7 @@ use std::sync::Arc;
 
 pub use config::Config;
 pub use error::{Error, ErrorKind, Result};
+pub use model::kv_cache::KvType;
 pub use sampling::SamplingParams;
 pub use session::{
     CancelHandle, GenerateParams, GenerateResult, ResetParts, ScoreResult, Session, SessionParams,
@@ -341,7 +342,7 @@ impl Model {
 
     /// Bytes one decode step reads at `context` tokens: every projection, the output head (or
     /// its quantised copy) and the KV cache. Divided by memory bandwidth, the decode speed limit.
-    pub fn bytes_read_per_token(&self, context: usize) -> u64 {
+    pub fn bytes_read_per_token(&self, context: usize, kv: KvType) -> u64 {
         let t = &self.0.transformer;
         let w = &t.weights;
         let linears: usize = w
@@ -354,7 +355,7 @@ impl Model {
             HeadFormat::Native => w.head().bytes(),
             _ => t.quant_head_bytes(),
         };
-        let kv = 2 * w.config.num_layers * context * w.config.kv_dim() * 4;
+        let kv = 2 * w.config.num_layers * context * w.config.kv_dim() * kv.size();
         (linears + head + kv) as u64
     }
 

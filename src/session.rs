@@ -9,7 +9,7 @@ mod adapt;
 
 use crate::adapt::Trainer;
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::kv_cache::KvCache;
+use crate::model::kv_cache::{KvCache, KvType};
 use crate::sampling::{self, Rng, SamplingParams};
 use crate::state::SessionState;
 use crate::text::stop::StopMatcher;
@@ -25,6 +25,8 @@ pub struct SessionParams {
     pub n_batch: usize,
     /// Seed of the sampler's generator (same seed, same samples).
     pub seed: u64,
+    /// How keys and values are stored (f16 halves the cache and its traffic; f32 is exact).
+    pub kv_cache: KvType,
 }
 
 impl Default for SessionParams {
@@ -33,6 +35,7 @@ impl Default for SessionParams {
             n_ctx: 0,
             n_batch: 512,
             seed: sampling::DEFAULT_SEED,
+            kv_cache: KvType::F32,
         }
     }
 }
@@ -222,7 +225,7 @@ impl Session {
         }
         Ok(Session {
             model: model.clone(),
-            cache: KvCache::new(cfg.num_layers, cfg.kv_dim(), n_ctx),
+            cache: KvCache::new(cfg, n_ctx, params.kv_cache),
             tokens: Vec::new(),
             unfed: Vec::new(),
             rng: Rng::new(params.seed),
@@ -273,14 +276,15 @@ impl Session {
     /// The session's context, generator, adapters and optimiser state as a blob for
     /// `load_state` (see `state`).
     pub fn save_state(&self) -> Vec<u8> {
+        let (k, v) = self.cache.snapshot();
         SessionState {
             fingerprint: self.model.fingerprint(),
             tokens: self.tokens.clone(),
             unfed: self.unfed.clone(),
             rng: self.rng.state(),
             kv_dim: self.cache.kv_dim(),
-            k: self.cache.k.clone(),
-            v: self.cache.v.clone(),
+            k,
+            v,
             kv_stale: self.kv_stale,
             trainer: self.trainer.as_ref().map(Trainer::to_blob),
         }
@@ -307,7 +311,7 @@ impl Session {
             .as_ref()
             .map(|t| Trainer::from_blob(&self.model.transformer().weights, t))
             .transpose()?;
-        self.cache.restore(s.k, s.v, s.tokens.len());
+        self.cache.restore(&s.k, &s.v, s.tokens.len());
         self.trainer = trainer;
         self.kv_stale = s.kv_stale;
         self.tokens = s.tokens;
@@ -563,7 +567,7 @@ impl Session {
             ));
         }
         let cfg = self.model.config();
-        let mut cache = KvCache::new(cfg.num_layers, cfg.kv_dim(), tokens.len());
+        let mut cache = KvCache::new(cfg, tokens.len(), self.cache.kv_type());
         let mut nll = Vec::with_capacity(tokens.len() - 1);
         let model = self.model.clone();
         let (h, vocab) = (cfg.hidden_size, cfg.vocab_size);

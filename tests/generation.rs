@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::mpsc;
 
 use bit_ttt::{
-    GenerateParams, Model, ModelParams, SamplingParams, Session, SessionParams, StopReason,
+    GenerateParams, KvType, Model, ModelParams, SamplingParams, Session, SessionParams, StopReason,
 };
 
 fn model() -> Model {
@@ -259,6 +259,31 @@ fn saved_state_continues_exactly_and_foreign_state_is_refused() {
         restored.load_state(&corrupt).unwrap_err().kind(),
         bit_ttt::ErrorKind::IncompatibleState
     );
+}
+
+/// An f16 KV cache: a continuation after a saved state is the same as without the save (the
+/// state keeps the cache's values exactly); an f32 session takes the same state too.
+#[test]
+fn f16_kv_cache_state_round_trips_into_either_cache_type() {
+    let m = model();
+    let params = |kv_cache| SessionParams {
+        n_ctx: 256,
+        n_batch: 16,
+        kv_cache,
+        ..Default::default()
+    };
+    let mut s = Session::new(&m, &params(KvType::F16)).unwrap();
+    s.generate(PROMPT, &greedy(6), |_| true).unwrap();
+    let blob = s.save_state();
+    let saved = s.tokens();
+    let next = s.generate(" and then", &greedy(8), |_| true).unwrap();
+    let mut r = Session::new(&m, &params(KvType::F16)).unwrap();
+    r.load_state(&blob).unwrap();
+    let again = r.generate(" and then", &greedy(8), |_| true).unwrap();
+    assert_eq!(again.tokens, next.tokens);
+    let mut wide = Session::new(&m, &params(KvType::F32)).unwrap();
+    wide.load_state(&blob).unwrap();
+    assert_eq!(wide.tokens(), saved);
 }
 
 #[test]

@@ -64,11 +64,13 @@ proptest! {
     fn extreme_activations(rows in 1usize..20, cols in 1usize..1100, fill in prop::sample::select(vec![127i8, -128, -127, 0]),
                            t in ternary(1)) {
         let weights = vec![t[0]; rows * cols];
-        let q = vec![fill; 5 * cols];
-        check_all_kernels(&weights, rows, cols, &q, 5)?;
-        // And mixed-sign weights under the same extremes.
         let mixed: Vec<i8> = (0..rows * cols).map(|i| (i % 3) as i8 - 1).collect();
-        check_all_kernels(&mixed, rows, cols, &q, 5)?;
+        // Decode (one token) and prompt kernels; then mixed-sign weights under the same extremes.
+        for n_tok in [1, 5] {
+            let q = vec![fill; n_tok * cols];
+            check_all_kernels(&weights, rows, cols, &q, n_tok)?;
+            check_all_kernels(&mixed, rows, cols, &q, n_tok)?;
+        }
     }
 }
 

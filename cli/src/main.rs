@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use bit_ttt::{
-    ChatMessage, GenerateParams, HeadFormat, Model, ModelParams, SamplingParams, Session,
+    ChatMessage, GenerateParams, HeadFormat, KvType, Model, ModelParams, SamplingParams, Session,
     SessionParams,
 };
 use clap::{Args, Parser, Subcommand};
@@ -76,6 +76,9 @@ pub struct ModelArgs {
     /// Output head format: native, int8 or int4 (fewer bytes per token, small accuracy cost).
     #[arg(long)]
     head: Option<String>,
+    /// KV cache type: f32 (exact) or f16 (half the memory; faster decode in long contexts).
+    #[arg(long, default_value = "f32")]
+    kv_cache: String,
 }
 
 /// `--head`, or int8 for `--int8-head`, or native.
@@ -114,6 +117,7 @@ impl ModelArgs {
             &model,
             &SessionParams {
                 n_ctx: self.ctx,
+                kv_cache: KvType::parse(&self.kv_cache)?,
                 ..Default::default()
             },
         )?;
@@ -239,6 +243,9 @@ struct BenchArgs {
     /// Output head format: native, int8 or int4.
     #[arg(long)]
     head: Option<String>,
+    /// KV cache type: f32 or f16.
+    #[arg(long, default_value = "f32")]
+    kv_cache: String,
     /// One JSON line per thread count: {"threads", "kernel", "prefill_tok_s", "decode_tok_s",
     /// "load_s", "peak_rss_bytes"}.
     #[arg(long)]
@@ -463,6 +470,7 @@ fn bench(a: &BenchArgs) -> bit_ttt::Result<()> {
         );
     }
     let path = model_path(&a.model)?;
+    let kv_cache = KvType::parse(&a.kv_cache)?;
     // Bandwidth first: its buffer must not count in the models' peak RSS.
     let bandwidths: Vec<f64> = a.threads.iter().map(|&t| read_bandwidth(t)).collect();
     for (&threads, &bandwidth) in a.threads.iter().zip(&bandwidths) {
@@ -481,6 +489,7 @@ fn bench(a: &BenchArgs) -> bit_ttt::Result<()> {
             &model,
             &SessionParams {
                 n_ctx,
+                kv_cache,
                 ..Default::default()
             },
         )?;
@@ -506,12 +515,12 @@ fn bench(a: &BenchArgs) -> bit_ttt::Result<()> {
         let decode = (r.tokens.len() - 1) as f64 / r.decode_seconds;
         let rss = peak_rss_bytes().unwrap_or(0);
         // Mean context over the decode steps.
-        let bytes = model.bytes_read_per_token(a.prompt_tokens + a.gen_tokens / 2);
+        let bytes = model.bytes_read_per_token(a.prompt_tokens + a.gen_tokens / 2, kv_cache);
         let roofline = bandwidth / bytes as f64;
         if a.json {
             println!(
                 "{}",
-                json!({"threads": model.n_threads(), "kernel": model.kernel().name(), "head": model.head_format().name(), "prefill_tok_s": prefill,
+                json!({"threads": model.n_threads(), "kernel": model.kernel().name(), "head": model.head_format().name(), "kv_cache": kv_cache.name(), "prefill_tok_s": prefill,
                        "decode_tok_s": decode, "load_s": load_s, "peak_rss_bytes": rss,
                        "read_bandwidth_gb_s": bandwidth / 1e9, "bytes_per_token": bytes,
                        "roofline_decode_tok_s": roofline, "decode_roofline_fraction": decode / roofline})

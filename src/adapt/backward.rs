@@ -220,6 +220,7 @@ fn layer(
         vec![0.0f32; n * kvd],
     );
     let total = tape.start + n;
+    let (k_rows, v_rows) = cache.layer_rows(li, total);
     ops::attention_backward(
         AttnShape {
             n,
@@ -229,8 +230,8 @@ fn layer(
             head_dim: cfg.head_dim,
         },
         &rec.q,
-        &cache.k[li][..total * kvd],
-        &cache.v[li][..total * kvd],
+        &k_rows,
+        &v_rows,
         &d_attn,
         &mut dq,
         &mut dk,

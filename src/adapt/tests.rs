@@ -65,7 +65,7 @@ fn gradient_check(name: &str) {
     // A prefix in the cache (constants for the backward pass), then the window.
     let all = tokens(cfg.vocab_size, 11, 5);
     let (prefix, window) = all.split_at(4);
-    let mut cache = KvCache::new(cfg.num_layers, cfg.kv_dim(), 64);
+    let mut cache = KvCache::new(&cfg, 64, crate::KvType::F32);
     tf.forward_with(&mut cache, prefix, Some(&trainer.adapters), None)
         .unwrap();
     let base = cache.clone();
@@ -153,7 +153,7 @@ fn fresh_adapters_and_zero_learning_rate_change_nothing() {
         let cfg = tf.weights.config.clone();
         let text = tokens(cfg.vocab_size, 40, 3);
         let base = {
-            let mut c = KvCache::new(cfg.num_layers, cfg.kv_dim(), 64);
+            let mut c = KvCache::new(&cfg, 64, crate::KvType::F32);
             tf.logits(&tf.forward(&mut c, &text).unwrap())
         };
         let p = AdaptParams {
@@ -163,7 +163,7 @@ fn fresh_adapters_and_zero_learning_rate_change_nothing() {
         };
         let mut trainer = Trainer::new(&tf.weights, p.shape(cfg.num_layers), 1);
         let with = |a: &Adapters| {
-            let mut c = KvCache::new(cfg.num_layers, cfg.kv_dim(), 64);
+            let mut c = KvCache::new(&cfg, 64, crate::KvType::F32);
             tf.logits(&tf.forward_with(&mut c, &text, Some(a), None).unwrap())
         };
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
@@ -173,7 +173,7 @@ fn fresh_adapters_and_zero_learning_rate_change_nothing() {
             "fresh adapters"
         );
         for _ in 0..3 {
-            let mut c = KvCache::new(cfg.num_layers, cfg.kv_dim(), 64);
+            let mut c = KvCache::new(&cfg, 64, crate::KvType::F32);
             trainer.step(&tf, &mut c, &text[..20], &p).unwrap();
         }
         assert_eq!(
@@ -196,7 +196,7 @@ fn training_lowers_the_loss_step_by_step() {
     let mut trainer = Trainer::new(&tf.weights, p.shape(cfg.num_layers), 1);
     let mut losses = Vec::new();
     for _ in 0..8 {
-        let mut c = KvCache::new(cfg.num_layers, cfg.kv_dim(), 64);
+        let mut c = KvCache::new(&cfg, 64, crate::KvType::F32);
         losses.push(trainer.step(&tf, &mut c, &text, &p).unwrap().loss);
     }
     assert!(

@@ -7,10 +7,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 
-use super::boundary::{call, call_with, handle, params, write_out};
+use super::boundary::{call, call_with, handle, versioned_params, write_out};
 use super::model::bit_ttt_model;
 use super::status::*;
-use crate::{CancelHandle, ResetParts, Session, SessionParams};
+use super::strings::{bit_ttt_string, string_in};
+use crate::{CancelHandle, KvType, ResetParts, Session, SessionParams};
 
 /// The shared part of a session handle; async jobs hold it too.
 pub(crate) struct SessionShared {
@@ -41,7 +42,13 @@ pub struct bit_ttt_session_params {
     pub n_batch: u32,
     /// Seed of the session's sampler.
     pub seed: u64,
+    /// How the KV cache stores keys and values, by name: "f32" (exact; the default when
+    /// empty) or "f16" (half the memory and, in long contexts, faster decode) (ABI 3).
+    pub kv_cache: bit_ttt_string,
 }
+
+/// sizeof(bit_ttt_session_params) before `kv_cache` was appended, and the bytes that held fields.
+const SESSION_PARAMS_V1: (usize, usize) = (24, 24);
 
 /// Parts for bit_ttt_session_reset (a bit set).
 pub const BIT_TTT_RESET_CONTEXT: u32 = 1;
@@ -57,20 +64,31 @@ impl bit_ttt_session_params {
             n_ctx: d.n_ctx as u32,
             n_batch: d.n_batch as u32,
             seed: d.seed,
+            kv_cache: bit_ttt_string {
+                ptr: std::ptr::null(),
+                len: 0,
+            },
         }
     }
 }
 
 pub(crate) fn session_params(p: *const bit_ttt_session_params) -> FfiResult<SessionParams> {
-    let p = params(
+    let p = versioned_params(
         p,
         "bit_ttt_session_params",
         bit_ttt_session_params::defaults,
+        &[SESSION_PARAMS_V1],
     )?;
+    let kv = string_in(&p.kv_cache, "kv_cache")?;
     Ok(SessionParams {
         n_ctx: p.n_ctx as usize,
         n_batch: p.n_batch as usize,
         seed: p.seed,
+        kv_cache: if kv.is_empty() {
+            KvType::F32
+        } else {
+            KvType::parse(&kv)?
+        },
     })
 }
 

@@ -1,64 +1,111 @@
 //! The two loops of attention over the KV cache: query·key scores and the probability-weighted
-//! sum of values. The SIMD versions do exactly the oracle's operations in the oracle's order
-//! (`scalar::dot`: eight lanes, multiply then add, the same final tree; `scalar::axpy` position by
-//! position), so results are bit for bit those of the scalar path, on every kernel and on the
-//! GPU, which mirrors the same order.
+//! sum of values, for one or more query heads that share a KV head (GQA). The SIMD versions do
+//! exactly the oracle's operations in the oracle's order (`scalar::dot`: eight lanes, multiply
+//! then add, the same final tree; `scalar::axpy` position by position), so results are bit for
+//! bit those of the scalar path, on every kernel and on the GPU, which mirrors the same order.
+//! Heads of one group are computed together so that each key and value row is loaded once for
+//! all of them.
 
 use super::{Kernel, scalar};
 
-/// `out[j] = (q · K_j) · scale` for `j < out.len()`, key j at `k[j * stride + off..][..q.len()]`.
-pub fn scores(
-    kernel: Kernel,
-    q: &[f32],
-    k: &[f32],
-    stride: usize,
-    off: usize,
-    scale: f32,
-    out: &mut [f32],
-) {
-    let d = q.len();
-    assert!(
-        out.is_empty() || (out.len() - 1) * stride + off + d <= k.len(),
-        "attention scores: keys"
-    );
-    #[cfg(target_arch = "x86_64")]
-    if kernel != Kernel::Portable && std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 is present (checked); every key lies within `k` (asserted above).
-        unsafe { x86::scores_avx2(q, k, stride, off, scale, out) };
-        return;
-    }
-    let _ = kernel;
-    for (j, o) in out.iter_mut().enumerate() {
-        *o = scalar::dot(q, &k[j * stride + off..][..d]) * scale;
+/// How the KV cache stores a value: f32, or f16 widened exactly to f32 before use (so an f16
+/// cache computes what an f32 cache holding the rounded values would).
+pub trait Element: Copy + Send + Sync + 'static {
+    const F16: bool;
+    fn to_f32(self) -> f32;
+}
+
+impl Element for f32 {
+    const F16: bool = false;
+    fn to_f32(self) -> f32 {
+        self
     }
 }
 
-/// `out += Σ_j p[j] · V_j` accumulated in order of j, value j at `v[j * stride + off..][..out.len()]`.
-pub fn weighted_sum(
+impl Element for half::f16 {
+    const F16: bool = true;
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+}
+
+/// Whether the AVX2 loops can read `T` here.
+#[cfg(target_arch = "x86_64")]
+fn avx2_for<T: Element>(kernel: Kernel) -> bool {
+    kernel != Kernel::Portable
+        && std::arch::is_x86_feature_detected!("avx2")
+        && (!T::F16 || std::arch::is_x86_feature_detected!("f16c"))
+}
+
+fn widen<T: Element>(x: &[T], out: &mut Vec<f32>) {
+    out.clear();
+    out.extend(x.iter().map(|v| v.to_f32()));
+}
+
+/// For each head g (`q` holds `q.len() / d` heads of `d` values) and position j:
+/// `out[g * n + j] = (q_g · K_j) · scale`, with n = `out.len()` / heads and key j at
+/// `k[j * d..][..d]`.
+pub fn scores<T: Element>(
     kernel: Kernel,
-    p: &[f32],
-    v: &[f32],
-    stride: usize,
-    off: usize,
+    q: &[f32],
+    d: usize,
+    k: &[T],
+    scale: f32,
     out: &mut [f32],
 ) {
-    let d = out.len();
     assert!(
-        p.is_empty() || (p.len() - 1) * stride + off + d <= v.len(),
-        "attention values"
+        d > 0 && q.len().is_multiple_of(d),
+        "attention scores: query heads"
     );
+    let heads = q.len() / d;
+    assert!(out.len().is_multiple_of(heads), "attention scores: output");
+    let n = out.len() / heads;
+    assert!(n * d <= k.len(), "attention scores: keys");
     #[cfg(target_arch = "x86_64")]
-    if kernel != Kernel::Portable
-        && d.is_multiple_of(8)
-        && std::arch::is_x86_feature_detected!("avx2")
-    {
-        // SAFETY: AVX2 is present (checked); every value row lies within `v` (asserted above).
-        unsafe { x86::weighted_sum_avx2(p, v, stride, off, out) };
+    if avx2_for::<T>(kernel) {
+        // SAFETY: AVX2 (and F16C for f16) are present (checked); every key lies within `k`
+        // (asserted above).
+        unsafe { x86::scores_avx2(q, d, k, scale, out) };
         return;
     }
     let _ = kernel;
-    for (j, &pj) in p.iter().enumerate() {
-        scalar::axpy(pj, &v[j * stride + off..][..d], out);
+    let mut key = Vec::with_capacity(d);
+    for j in 0..n {
+        widen(&k[j * d..][..d], &mut key);
+        for (g, qh) in q.chunks_exact(d).enumerate() {
+            out[g * n + j] = scalar::dot(qh, &key) * scale;
+        }
+    }
+}
+
+/// For each head g (`out` holds `out.len() / d` heads): `out_g += Σ_j p[g * n + j] · V_j`
+/// accumulated in order of j, with n = `p.len()` / heads and value j at `v[j * d..][..d]`.
+pub fn weighted_sum<T: Element>(kernel: Kernel, p: &[f32], v: &[T], d: usize, out: &mut [f32]) {
+    assert!(
+        d > 0 && out.len().is_multiple_of(d),
+        "attention values: heads"
+    );
+    let heads = out.len() / d;
+    assert!(
+        p.len().is_multiple_of(heads),
+        "attention values: probabilities"
+    );
+    let n = p.len() / heads;
+    assert!(n * d <= v.len(), "attention values");
+    #[cfg(target_arch = "x86_64")]
+    if d.is_multiple_of(8) && avx2_for::<T>(kernel) {
+        // SAFETY: AVX2 (and F16C for f16) are present (checked); every value row lies within
+        // `v` (asserted above).
+        unsafe { x86::weighted_sum_avx2(p, v, d, out) };
+        return;
+    }
+    let _ = kernel;
+    let mut row = Vec::with_capacity(d);
+    for j in 0..n {
+        widen(&v[j * d..][..d], &mut row);
+        for (g, oh) in out.chunks_exact_mut(d).enumerate() {
+            scalar::axpy(p[g * n + j], &row, oh);
+        }
     }
 }
 
@@ -66,99 +113,215 @@ pub fn weighted_sum(
 mod x86 {
     use std::arch::x86_64::*;
 
-    /// `scalar::dot` of `q` with four keys at once (the lanes of each are independent), in the
-    /// oracle's order: lane i of key j accumulates q[8c + i]·k[8c + i] over chunks c.
+    use super::Element;
+
+    /// Eight values at `p` as f32.
     ///
     /// # Safety
-    /// AVX2 is present; each key pointer has `q.len()` readable floats.
-    #[target_feature(enable = "avx2")]
-    unsafe fn dot_lanes<const N: usize>(q: &[f32], keys: [*const f32; N]) -> [[f32; 8]; N] {
-        let mut acc = [_mm256_setzero_ps(); N];
-        for c in 0..q.len() / 8 {
-            // SAFETY: 8c + 8 <= q.len() for q and for each key (caller's contract).
-            let qv = unsafe { _mm256_loadu_ps(q.as_ptr().add(8 * c)) };
-            for (a, key) in acc.iter_mut().zip(keys) {
-                // SAFETY: as above.
-                let kv = unsafe { _mm256_loadu_ps(key.add(8 * c)) };
-                *a = _mm256_add_ps(*a, _mm256_mul_ps(qv, kv));
+    /// AVX2 is present, F16C too when `T` is f16; `p` has eight readable values.
+    #[target_feature(enable = "avx2,f16c")]
+    #[inline]
+    unsafe fn load8<T: Element>(p: *const T) -> __m256 {
+        if T::F16 {
+            // SAFETY: eight f16 are 16 readable bytes (caller's contract).
+            unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+        } else {
+            // SAFETY: eight f32 (caller's contract).
+            unsafe { _mm256_loadu_ps(p.cast()) }
+        }
+    }
+
+    /// `scalar::dot`'s lane sums of G queries with N keys at once (every pair's lanes are
+    /// independent), in the oracle's order: lane i of (g, j) accumulates q_g[8c + i]·k_j[8c + i]
+    /// over chunks c.
+    ///
+    /// # Safety
+    /// AVX2 (and F16C for f16) are present; each query and key has `8 * chunks` readable values.
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn dot_lanes<T: Element, const G: usize, const N: usize>(
+        qs: [*const f32; G],
+        keys: [*const T; N],
+        chunks: usize,
+    ) -> [[__m256; N]; G] {
+        let mut acc = [[_mm256_setzero_ps(); N]; G];
+        for c in 0..chunks {
+            // SAFETY: 8c + 8 <= 8 * chunks for every key (caller's contract).
+            let kv = keys.map(|key| unsafe { load8(key.add(8 * c)) });
+            for (ag, q) in acc.iter_mut().zip(qs) {
+                // SAFETY: as above, for the queries.
+                let qv = unsafe { _mm256_loadu_ps(q.add(8 * c)) };
+                for (a, k) in ag.iter_mut().zip(kv) {
+                    *a = _mm256_add_ps(*a, _mm256_mul_ps(qv, k));
+                }
             }
         }
-        acc.map(|a| {
-            let mut lanes = [0f32; 8];
-            // SAFETY: `lanes` holds eight floats.
-            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), a) };
-            lanes
-        })
+        acc
     }
 
-    /// The rest of `scalar::dot`: the tail past the last whole chunk and the final tree.
-    fn finish(lanes: [f32; 8], q_tail: &[f32], k_tail: &[f32]) -> f32 {
-        let tail: f32 = q_tail.iter().zip(k_tail).map(|(x, y)| x * y).sum();
-        let a = lanes;
-        ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7])) + tail
+    /// The oracle's final tree `((a0 + a4) + (a1 + a5)) + ((a2 + a6) + (a3 + a7))` of four
+    /// accumulators at once: lo + hi halves, then two rounds of pairwise horizontal adds.
+    #[target_feature(enable = "avx2,f16c")]
+    #[inline]
+    fn tree4(a: [__m256; 4]) -> __m128 {
+        let s = a.map(|x| _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps::<1>(x)));
+        _mm_hadd_ps(_mm_hadd_ps(s[0], s[1]), _mm_hadd_ps(s[2], s[3]))
     }
 
+    /// The same tree of one accumulator.
+    #[target_feature(enable = "avx2,f16c")]
+    #[inline]
+    fn tree1(a: __m256) -> f32 {
+        let mut l = [0f32; 8];
+        // SAFETY: `l` holds eight floats.
+        unsafe { _mm256_storeu_ps(l.as_mut_ptr(), a) };
+        ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]))
+    }
+
+    /// The tail of `scalar::dot` past the last whole chunk of 8 (0 when there is none).
+    fn tail<T: Element>(q: &[f32], k: &[T], whole: usize) -> f32 {
+        q[whole..]
+            .iter()
+            .zip(&k[whole..])
+            .map(|(x, y)| x * y.to_f32())
+            .sum()
+    }
+
+    /// Scores of G heads from head `g0` against every key.
+    ///
     /// # Safety
-    /// AVX2 is present; key j lies at `k[j * stride + off..][..q.len()]` for every j < out.len().
-    #[target_feature(enable = "avx2")]
-    pub unsafe fn scores_avx2(
-        q: &[f32],
-        k: &[f32],
-        stride: usize,
-        off: usize,
+    /// As `scores_avx2`.
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn scores_heads<T: Element, const G: usize>(
+        (q, d): (&[f32], usize),
+        g0: usize,
+        k: &[T],
         scale: f32,
         out: &mut [f32],
     ) {
-        let (d, whole) = (q.len(), q.len() / 8 * 8);
-        let key = |j: usize| &k[j * stride + off..][..d];
+        let n = out.len() / (q.len() / d);
+        let (whole, chunks) = (d / 8 * 8, d / 8);
+        let qh: [&[f32]; G] = std::array::from_fn(|g| &q[(g0 + g) * d..][..d]);
+        let qp = qh.map(<[f32]>::as_ptr);
+        let vscale = _mm_set1_ps(scale);
         let mut j = 0;
-        while j + 4 <= out.len() {
-            // SAFETY: keys j..j+4 are within `k` (caller's contract).
-            let lanes = unsafe { dot_lanes(q, [j, j + 1, j + 2, j + 3].map(|i| key(i).as_ptr())) };
-            for (i, l) in lanes.into_iter().enumerate() {
-                out[j + i] = finish(l, &q[whole..], &key(j + i)[whole..]) * scale;
+        while j + 4 <= n {
+            let key = [j, j + 1, j + 2, j + 3].map(|i| &k[i * d..][..d]);
+
+            // SAFETY: every query and key slice holds d >= 8 * chunks values.
+            let acc = unsafe { dot_lanes(qp, key.map(<[T]>::as_ptr), chunks) };
+            for (g, ag) in acc.into_iter().enumerate() {
+                let t = if whole == d {
+                    _mm_setzero_ps()
+                } else {
+                    let t = key.map(|kj| tail(qh[g], kj, whole));
+                    _mm_setr_ps(t[0], t[1], t[2], t[3])
+                };
+                let r = _mm_mul_ps(_mm_add_ps(tree4(ag), t), vscale);
+                let o = &mut out[(g0 + g) * n + j..][..4];
+                // SAFETY: `o` holds four floats.
+                unsafe { _mm_storeu_ps(o.as_mut_ptr(), r) };
             }
             j += 4;
         }
-        for (i, o) in out.iter_mut().enumerate().skip(j) {
+        for j in j..n {
+            let key = &k[j * d..][..d];
             // SAFETY: as above.
-            let [l] = unsafe { dot_lanes(q, [key(i).as_ptr()]) };
-            *o = finish(l, &q[whole..], &key(i)[whole..]) * scale;
+            let acc = unsafe { dot_lanes(qp, [key.as_ptr()], chunks) };
+            for (g, [a]) in acc.into_iter().enumerate() {
+                out[(g0 + g) * n + j] = (tree1(a) + tail(qh[g], key, whole)) * scale;
+            }
         }
     }
 
-    /// `out += p[j] · V_j` for each j in order, 64 columns at a time kept in registers.
-    ///
     /// # Safety
-    /// AVX2 is present; `out.len()` is a multiple of 8; value j lies at
-    /// `v[j * stride + off..][..out.len()]` for every j < p.len().
-    #[target_feature(enable = "avx2")]
-    pub unsafe fn weighted_sum_avx2(
-        p: &[f32],
-        v: &[f32],
-        stride: usize,
-        off: usize,
+    /// AVX2 (and F16C for f16) are present; `k` holds `out.len() / heads` keys of `d` values.
+    #[target_feature(enable = "avx2,f16c")]
+    pub unsafe fn scores_avx2<T: Element>(
+        q: &[f32],
+        d: usize,
+        k: &[T],
+        scale: f32,
         out: &mut [f32],
     ) {
-        for c0 in (0..out.len()).step_by(64) {
-            let n = (out.len() - c0).min(64) / 8;
-            let mut acc = [_mm256_setzero_ps(); 8];
-            for (i, a) in acc.iter_mut().enumerate().take(n) {
-                // SAFETY: c0 + 8i + 8 <= out.len().
-                *a = unsafe { _mm256_loadu_ps(out.as_ptr().add(c0 + 8 * i)) };
+        let heads = q.len() / d;
+        let mut g = 0;
+        // Two heads × four keys: eight accumulators, each key loaded once for both heads.
+        while g + 2 <= heads {
+            // SAFETY: the caller's contract.
+            unsafe { scores_heads::<T, 2>((q, d), g, k, scale, out) };
+            g += 2;
+        }
+        if g < heads {
+            // SAFETY: as above.
+            unsafe { scores_heads::<T, 1>((q, d), g, k, scale, out) };
+        }
+    }
+
+    /// `out_g[c0..c0 + 8 * cols] += p_g[j] · V_j[c0..]` for G heads from `g0`, in order of j,
+    /// up to C vectors of each head's columns kept in registers.
+    ///
+    /// # Safety
+    /// As `weighted_sum_avx2`; `c0 + 8 * cols <= d` and `cols <= C`.
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn axpy_block<T: Element, const G: usize, const C: usize>(
+        p: &[f32],
+        v: &[T],
+        (d, g0, c0, cols): (usize, usize, usize, usize),
+        out: &mut [f32],
+    ) {
+        let n = p.len() / (out.len() / d);
+        let mut acc = [[_mm256_setzero_ps(); C]; G];
+        for (g, ag) in acc.iter_mut().enumerate() {
+            let o = &out[(g0 + g) * d + c0..][..8 * cols];
+            for (i, a) in ag.iter_mut().enumerate().take(cols) {
+                // SAFETY: 8i + 8 <= o.len().
+                *a = unsafe { _mm256_loadu_ps(o.as_ptr().add(8 * i)) };
             }
-            for (j, &pj) in p.iter().enumerate() {
-                let pv = _mm256_set1_ps(pj);
-                let row = &v[j * stride + off + c0..][..8 * n];
-                for (i, a) in acc.iter_mut().enumerate().take(n) {
+        }
+        for j in 0..n {
+            let row = &v[j * d + c0..][..8 * cols];
+
+            for (g, ag) in acc.iter_mut().enumerate() {
+                let pv = _mm256_set1_ps(p[(g0 + g) * n + j]);
+                for (i, a) in ag.iter_mut().enumerate().take(cols) {
                     // SAFETY: 8i + 8 <= row.len().
-                    let x = unsafe { _mm256_loadu_ps(row.as_ptr().add(8 * i)) };
+                    let x = unsafe { load8(row.as_ptr().add(8 * i)) };
                     *a = _mm256_add_ps(*a, _mm256_mul_ps(pv, x));
                 }
             }
-            for (i, a) in acc.iter().enumerate().take(n) {
+        }
+        for (g, ag) in acc.iter().enumerate() {
+            let o = &mut out[(g0 + g) * d + c0..][..8 * cols];
+            for (i, a) in ag.iter().enumerate().take(cols) {
                 // SAFETY: as for the loads.
-                unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(c0 + 8 * i), *a) };
+                unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(8 * i), *a) };
+            }
+        }
+    }
+
+    /// # Safety
+    /// AVX2 (and F16C for f16) are present; `d` is a multiple of 8; `v` holds
+    /// `p.len() / heads` rows of `d` values.
+    #[target_feature(enable = "avx2,f16c")]
+    pub unsafe fn weighted_sum_avx2<T: Element>(p: &[f32], v: &[T], d: usize, out: &mut [f32]) {
+        let heads = out.len() / d;
+        let mut g = 0;
+        while g < heads {
+            // Two heads × 32 columns, or one head × 64: eight accumulators either way.
+            if g + 2 <= heads {
+                for c0 in (0..d).step_by(32) {
+                    let cols = (d - c0).min(32) / 8;
+                    // SAFETY: c0 + 8 * cols <= d; rows as the caller guarantees.
+                    unsafe { axpy_block::<T, 2, 4>(p, v, (d, g, c0, cols), out) };
+                }
+                g += 2;
+            } else {
+                for c0 in (0..d).step_by(64) {
+                    let cols = (d - c0).min(64) / 8;
+                    // SAFETY: as above.
+                    unsafe { axpy_block::<T, 1, 8>(p, v, (d, g, c0, cols), out) };
+                }
+                g += 1;
             }
         }
     }
@@ -167,6 +330,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use half::f16;
 
     fn values(n: usize, seed: u32) -> Vec<f32> {
         let mut s = seed.wrapping_mul(2_654_435_761) | 1;
@@ -180,32 +344,46 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn every_kernel_matches_the_scalar_loops_bit_for_bit() {
-        for (d, positions, stride, off) in [
-            (128, 37, 640, 256),
-            (64, 5, 64, 0),
-            (24, 9, 40, 16),
-            (13, 6, 30, 7),
-            (8, 1, 8, 0),
-        ] {
-            let q = values(d, 1);
-            let k = values(positions * stride, 2);
-            let v = values(positions * stride, 3);
-            let p = values(positions, 4);
-            let mut want_s = vec![0.0; positions];
-            let mut want_o = values(d, 5);
-            scores(Kernel::Portable, &q, &k, stride, off, 0.125, &mut want_s);
-            weighted_sum(Kernel::Portable, &p, &v, stride, off, &mut want_o);
-            for kernel in Kernel::available() {
-                let mut s = vec![0.0; positions];
-                let mut o = values(d, 5);
-                scores(kernel, &q, &k, stride, off, 0.125, &mut s);
-                weighted_sum(kernel, &p, &v, stride, off, &mut o);
-                let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&s), bits(&want_s), "{} scores d={d}", kernel.name());
-                assert_eq!(bits(&o), bits(&want_o), "{} values d={d}", kernel.name());
+    /// Each head on its own through `scalar::dot` / `scalar::axpy` on f32 rows: the definition.
+    fn oracle(q: &[f32], d: usize, k: &[f32], v: &[f32], p: &[f32], o: &mut [f32]) -> Vec<f32> {
+        let heads = q.len() / d;
+        let n = p.len() / heads;
+        let mut s = vec![0.0; heads * n];
+        for g in 0..heads {
+            for j in 0..n {
+                s[g * n + j] = scalar::dot(&q[g * d..][..d], &k[j * d..][..d]) * 0.125;
+                scalar::axpy(p[g * n + j], &v[j * d..][..d], &mut o[g * d..][..d]);
             }
         }
+        s
+    }
+
+    fn check<T: Element>(kv: fn(&[f32]) -> Vec<T>, what: &str) {
+        let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        for (d, positions) in [(128, 37), (64, 5), (24, 9), (13, 6), (8, 1), (40, 3)] {
+            for heads in 1..=5 {
+                let q = values(heads * d, 1);
+                let (k, v) = (kv(&values(positions * d, 2)), kv(&values(positions * d, 3)));
+                let widened = |x: &[T]| x.iter().map(|e| e.to_f32()).collect::<Vec<f32>>();
+                let p = values(heads * positions, 4);
+                let mut want_o = values(heads * d, 5);
+                let want_s = oracle(&q, d, &widened(&k), &widened(&v), &p, &mut want_o);
+                for kernel in Kernel::available() {
+                    let mut s = vec![0.0; heads * positions];
+                    let mut o = values(heads * d, 5);
+                    scores(kernel, &q, d, &k, 0.125, &mut s);
+                    weighted_sum(kernel, &p, &v, d, &mut o);
+                    let at = format!("{what} {} d={d} heads={heads}", kernel.name());
+                    assert_eq!(bits(&s), bits(&want_s), "{at} scores");
+                    assert_eq!(bits(&o), bits(&want_o), "{at} values");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_kernel_matches_the_scalar_loops_bit_for_bit() {
+        check::<f32>(|x| x.to_vec(), "f32");
+        check::<f16>(|x| x.iter().map(|&v| f16::from_f32(v)).collect(), "f16");
     }
 }

@@ -133,7 +133,10 @@ pub fn softmax(x: &mut [f32]) {
     let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     let mut sum = 0.0f32;
     for v in x.iter_mut() {
-        *v = (*v - max).exp();
+        // expf is exactly 0 below ln(2^-150) ≈ -103.97, but reaches it through libm's slow
+        // underflow path (errno): long contexts have many such scores.
+        let e = *v - max;
+        *v = if e < -104.0 { 0.0 } else { e.exp() };
         sum += *v;
     }
     let inv = 1.0 / sum;

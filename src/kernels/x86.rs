@@ -74,12 +74,6 @@ unsafe fn rows_vnni<const R: usize, const N: usize>(
     for b in 0..blocks {
         // SAFETY: within each row's `blocks * 64` bytes (caller's contract).
         let wv = rows.map(|r| unsafe { _mm512_loadu_si512(r.add(b * BLOCK_BYTES).cast()) });
-        if N == 1 {
-            for r in rows {
-                // A hint that never faults, wherever it points.
-                _mm_prefetch::<_MM_HINT_T0>(r.wrapping_add(b * BLOCK_BYTES + PREFETCH).cast());
-            }
-        }
         for k in 0..4 {
             // SAFETY: columns 64·k .. +64 of block b, within each token's values.
             let qv = q.map(|p| unsafe { _mm512_loadu_si512(p.add(b * BLOCK + 64 * k).cast()) });
@@ -97,6 +91,52 @@ unsafe fn rows_vnni<const R: usize, const N: usize>(
         }
     }
     acc.map(|a| a.map(|v| _mm512_reduce_add_epi32(v)))
+}
+
+/// Σ code·q over R rows for one token (decode) with AVX-512 VNNI. Rows stream from memory with
+/// a software prefetch ahead of them; each row keeps A accumulators, the 64-column slice k of a
+/// block going to accumulator k mod A, so that successive `vpdpbusd` do not wait on each other
+/// (integer sums: the result does not depend on the split). Measured on Zen 4 (`cargo bench
+/// --bench kernels`): R = 4, A = 4 streams twice as fast as one row with one accumulator.
+///
+/// # Safety
+/// The CPU supports AVX-512 F/BW and VNNI; each `rows[r]` points to `blocks * 64` bytes and `q`
+/// to `blocks * 256` int8 values.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn rows_vnni_decode<const R: usize, const A: usize>(
+    rows: [*const u8; R],
+    q: *const i8,
+    blocks: usize,
+) -> [i32; R] {
+    let mask = _mm512_set1_epi8(3);
+    let mut acc = [[_mm512_setzero_si512(); A]; R];
+    for b in 0..blocks {
+        for r in rows {
+            // A hint that never faults, wherever it points.
+            _mm_prefetch::<_MM_HINT_T0>(r.wrapping_add(b * BLOCK_BYTES + PREFETCH).cast());
+        }
+        // SAFETY: within each row's `blocks * 64` bytes (caller's contract).
+        let wv = rows.map(|r| unsafe { _mm512_loadu_si512(r.add(b * BLOCK_BYTES).cast()) });
+        for k in 0..4 {
+            // SAFETY: columns 64·k .. +64 of block b, within the token's values.
+            let qv = unsafe { _mm512_loadu_si512(q.add(b * BLOCK + 64 * k).cast()) };
+            for (ar, w) in acc.iter_mut().zip(wv) {
+                let c = match k {
+                    0 => _mm512_and_si512(w, mask),
+                    1 => _mm512_and_si512(_mm512_srli_epi16::<2>(w), mask),
+                    2 => _mm512_and_si512(_mm512_srli_epi16::<4>(w), mask),
+                    _ => _mm512_and_si512(_mm512_srli_epi16::<6>(w), mask),
+                };
+                ar[k % A] = _mm512_dpbusd_epi32(ar[k % A], c, qv);
+            }
+        }
+    }
+    acc.map(|a| {
+        let sum = a
+            .into_iter()
+            .fold(_mm512_setzero_si512(), |s, x| _mm512_add_epi32(s, x));
+        _mm512_reduce_add_epi32(sum)
+    })
 }
 
 /// AVX2 kernel; same contract as `packed::gemm_portable`.
@@ -139,7 +179,6 @@ pub fn gemm_avx512_vnni(w: &PackedTernary, x: &QuantizedRows, r0: usize, acc: &m
     for t0 in (0..n_tok).step_by(TOKEN_BLOCK) {
         let t1 = (t0 + TOKEN_BLOCK).min(n_tok);
         let mut i = 0;
-        // Decode streams one row at a time (faster here than four interleaved streams).
         while n_tok > 1 && i + 4 <= n_rows {
             let rows = [i, i + 1, i + 2, i + 3].map(row_ptr);
             let mut t = t0;
@@ -162,11 +201,21 @@ pub fn gemm_avx512_vnni(w: &PackedTernary, x: &QuantizedRows, r0: usize, acc: &m
             }
             i += 4;
         }
+        while n_tok == 1 && i + 4 <= n_rows {
+            let rows = [i, i + 1, i + 2, i + 3].map(row_ptr);
+            // SAFETY: as above.
+            let s = unsafe { rows_vnni_decode::<4, 4>(rows, x.token(0).as_ptr(), blocks) };
+            for (k, v) in s.iter().enumerate() {
+                store(i + k, 0, &[*v]);
+            }
+            i += 4;
+        }
         for r in i..n_rows {
             for tt in t0..t1 {
                 // SAFETY: as above.
-                let s = unsafe { rows_vnni::<1, 1>([row_ptr(r)], [x.token(tt).as_ptr()], blocks) };
-                store(r, tt, &s[0]);
+                let s =
+                    unsafe { rows_vnni_decode::<1, 4>([row_ptr(r)], x.token(tt).as_ptr(), blocks) };
+                store(r, tt, &s);
             }
         }
     }

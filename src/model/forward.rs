@@ -4,7 +4,7 @@
 use rayon::prelude::*;
 
 use super::Weights;
-use super::kv_cache::KvCache;
+use super::kv_cache::{Heads, KvCache};
 use super::linear::{Activations, Linear};
 use super::lora::{Adapters, Lora};
 use super::rope::Rope;
@@ -187,9 +187,12 @@ impl Transformer {
             let mut k = self.project((&layer.k, lora(1)), &h_in, scale, on.then_some(u_k));
             let v = self.project((&layer.v, lora(2)), &h_in, scale, on.then_some(u_v));
             self.apply_rope(&mut q, &mut k, cache.len());
-            cache.k[li].extend_from_slice(&k);
-            cache.v[li].extend_from_slice(&v);
-            let a = self.attention(&q, &cache.k[li], &cache.v[li], cache.len(), n);
+            cache.push(li, &k, &v);
+            let a = match cache.layer(li) {
+                (Heads::F32(k), Heads::F32(v)) => self.attention(&q, k, v, cache.len(), n),
+                (Heads::F16(k), Heads::F16(v)) => self.attention(&q, k, v, cache.len(), n),
+                _ => unreachable!("keys and values have one type"),
+            };
             let a_n = match &layer.attn_sub_norm {
                 Some(w) => norm_rows(&a, w, cfg.rms_norm_eps),
                 None => a.clone(),
@@ -325,24 +328,35 @@ impl Transformer {
         }
     }
 
-    /// Causal GQA attention for `n` new queries whose keys are the last `n` of `past + n`.
-    fn attention(&self, q: &[f32], k: &[f32], v: &[f32], past: usize, n: usize) -> Vec<f32> {
+    /// Causal GQA attention for `n` new queries whose keys are the last `n` of `past + n`;
+    /// `k[h]` and `v[h]` hold KV head h's rows, `[position][head_dim]`.
+    fn attention<T: attention::Element>(
+        &self,
+        q: &[f32],
+        k: &[Vec<T>],
+        v: &[Vec<T>],
+        past: usize,
+        n: usize,
+    ) -> Vec<f32> {
         let cfg = &self.weights.config;
-        let (d, kv_dim, heads) = (cfg.head_dim, cfg.kv_dim(), cfg.num_heads);
+        let (d, heads) = (cfg.head_dim, cfg.num_heads);
         let group = heads / cfg.num_kv_heads;
         let scale = 1.0 / (d as f32).sqrt();
         let mut out = vec![0.0f32; n * cfg.q_dim()];
-        // One task per (token, head): independent, so the split does not change the result.
-        out.par_chunks_mut(d)
+        // One task per token and pair of heads of one group: each key and value row is loaded
+        // once for both, and a decode step still has enough tasks to balance the threads. The
+        // tasks are independent, so the split does not change the result.
+        let pair = if group.is_multiple_of(2) { 2 } else { 1 };
+        out.par_chunks_mut(pair * d)
             .enumerate()
             .for_each_init(Vec::new, |scores, (i, oh)| {
-                let (t, h) = (i / heads, i % heads);
-                let (visible, kv_off) = (past + t + 1, (h / group) * d);
-                let qh = &q[i * d..(i + 1) * d];
-                scores.resize(visible, 0.0);
-                attention::scores(self.kernel, qh, k, kv_dim, kv_off, scale, scores);
-                scalar::softmax(scores);
-                attention::weighted_sum(self.kernel, scores, v, kv_dim, kv_off, oh);
+                let (t, h) = (i / (heads / pair), (i % (heads / pair)) * pair);
+                let (visible, kv) = (past + t + 1, h / group);
+                let qh = &q[(t * heads + h) * d..][..pair * d];
+                scores.resize(pair * visible, 0.0);
+                attention::scores(self.kernel, qh, d, &k[kv], scale, scores);
+                scores.chunks_exact_mut(visible).for_each(scalar::softmax);
+                attention::weighted_sum(self.kernel, scores, &v[kv], d, oh);
             });
         out
     }

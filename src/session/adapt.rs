@@ -58,7 +58,7 @@ impl Session {
                     return Err(Error::new(ErrorKind::Cancelled, "adapt was cancelled"));
                 }
                 let trainer = self.trainer.as_mut().expect("ensured above");
-                let mut cache = KvCache::new(cfg.num_layers, cfg.kv_dim(), w.len());
+                let mut cache = KvCache::new(&cfg, w.len(), self.cache.kv_type());
                 let step =
                     model.compute(|| trainer.step(tf, &mut cache, &tokens[w.clone()], params))?;
                 if !params.keep_kv && !self.tokens.is_empty() {
@@ -268,7 +268,7 @@ impl Session {
             return Ok(());
         }
         let cfg = self.model.config();
-        let mut cache = KvCache::new(cfg.num_layers, cfg.kv_dim(), self.cache.capacity());
+        let mut cache = KvCache::new(cfg, self.cache.capacity(), self.cache.kv_type());
         let model = self.model.clone();
         let adapters = self.trainer.as_ref().map(|t| &t.adapters);
         for chunk in self.tokens.chunks(self.n_batch) {
@@ -326,7 +326,7 @@ impl Session {
             }
             let end = (p + stride).min(tokens.len());
             let start = end.saturating_sub(window);
-            let mut cache = KvCache::new(cfg.num_layers, cfg.kv_dim(), end - start);
+            let mut cache = KvCache::new(&cfg, end - start, self.cache.kv_type());
             let mut hidden = Vec::new();
             for chunk in tokens[start..end].chunks(self.n_batch) {
                 hidden

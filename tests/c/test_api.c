@@ -381,6 +381,40 @@ static void test_generate(const bit_ttt_model *m) {
     EXPECT(bit_ttt_session_new(m, &sp, &s), BIT_TTT_ABI_MISMATCH);
     CHECK(s == NULL);
 
+    /* The KV cache type by name (ABI 3); an unknown one is named in the error. */
+    OK(bit_ttt_session_params_init(&sp));
+    sp.kv_cache.ptr = "q4_0";
+    sp.kv_cache.len = BIT_TTT_NUL_TERMINATED;
+    EXPECT(bit_ttt_session_new(m, &sp, &s), BIT_TTT_INVALID_ARGUMENT);
+    CHECK(strstr(bit_ttt_last_error(), "q4_0") != NULL && s == NULL);
+    {
+        /* An f16 cache generates; so does a caller built against ABI 2 (struct_size 24, no
+         * kv_cache), which gets the f32 default. */
+        struct {
+            uint32_t struct_size, n_ctx, n_batch;
+            uint64_t seed;
+        } v2;
+        CHECK(sizeof v2 == 24 && sizeof(bit_ttt_session_params) > 24);
+        memset(&v2, 0, sizeof v2);
+        v2.struct_size = sizeof v2;
+        v2.n_ctx = 128;
+        v2.n_batch = 16;
+        bit_ttt_session *old = NULL, *half = NULL;
+        OK(bit_ttt_session_new(m, (const bit_ttt_session_params *)&v2, &old));
+        OK(bit_ttt_session_params_init(&sp));
+        sp.n_ctx = 128;
+        sp.kv_cache.ptr = "f16";
+        sp.kv_cache.len = 3;
+        OK(bit_ttt_session_new(m, &sp, &half));
+        bit_ttt_generate_params g = greedy(4);
+        bit_ttt_generate_result r1 = new_result(), r2 = new_result();
+        OK(bit_ttt_generate(old, "Once upon a time", BIT_TTT_NUL_TERMINATED, &g, &r1));
+        OK(bit_ttt_generate(half, "Once upon a time", BIT_TTT_NUL_TERMINATED, &g, &r2));
+        CHECK(r1.generated_tokens == 4 && r2.generated_tokens == 4);
+        bit_ttt_session_free(old);
+        bit_ttt_session_free(half);
+    }
+
     s = new_session(m, 256, 16);
     collector c;
     memset(&c, 0, sizeof c);

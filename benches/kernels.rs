@@ -1,0 +1,119 @@
+//! Kernel throughput, each SIMD kernel beside the portable one measured in the same run (the
+//! ratio is what to read; absolute figures depend on the machine and its load).
+//!
+//!     cargo bench --bench kernels [-- FILTER]
+//!
+//! Shapes are those of BitNet b1.58 2B4T: a decode step (one token) through its FFN up and down
+//! projections, and one pair of query heads attending over 576 cached positions in f32 and f16.
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use half::f16;
+
+use bit_ttt::kernels::Kernel;
+use bit_ttt::kernels::attention;
+use bit_ttt::kernels::dense::DenseView;
+use bit_ttt::kernels::int4::{self, Int4Matrix};
+use bit_ttt::kernels::int8::{self, Int8Matrix};
+use bit_ttt::kernels::packed::{PackedTernary, QuantizedRows};
+use bit_ttt::loader::safetensors::DType;
+
+fn noise(n: usize, seed: u64) -> impl Iterator<Item = u64> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n).map(move |_| {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    })
+}
+
+fn floats(n: usize, seed: u64) -> Vec<f32> {
+    noise(n, seed)
+        .map(|x| (x % 2001) as f32 / 1000.0 - 1.0)
+        .collect()
+}
+
+fn ternary_decode(c: &mut Criterion) {
+    let mut g = c.benchmark_group("ternary_gemv");
+    for (name, rows, cols) in [
+        ("ffn_up_6912x2560", 6912, 2560),
+        ("ffn_down_2560x6912", 2560, 6912),
+    ] {
+        let t: Vec<i8> = noise(rows * cols, 1).map(|x| (x % 3) as i8 - 1).collect();
+        let w = PackedTernary::from_hf(&bit_ttt::quant::pack_ternary(&t, rows, cols), rows, cols);
+        let x = QuantizedRows::new(&floats(cols, 2), 1);
+        let mut acc = vec![0i32; rows];
+        g.throughput(Throughput::Bytes(w.data.len() as u64));
+        for k in Kernel::available() {
+            g.bench_with_input(BenchmarkId::new(name, k.name()), &k, |b, &k| {
+                b.iter(|| k.ternary_gemm(&w, &x, &mut acc))
+            });
+        }
+    }
+}
+
+fn attention_decode(c: &mut Criterion) {
+    let (d, n, heads) = (128, 576, 2);
+    let q = floats(heads * d, 3);
+    let k32 = floats(n * d, 4);
+    let v32 = floats(n * d, 5);
+    let k16: Vec<f16> = k32.iter().map(|&x| f16::from_f32(x)).collect();
+    let v16: Vec<f16> = v32.iter().map(|&x| f16::from_f32(x)).collect();
+    let p = vec![1.0 / n as f32; heads * n];
+    let mut g = c.benchmark_group("attention_576");
+    for k in Kernel::available() {
+        let mut s = vec![0.0f32; heads * n];
+        let mut o = vec![0.0f32; heads * d];
+        g.bench_function(BenchmarkId::new("f32", k.name()), |b| {
+            b.iter(|| {
+                attention::scores(k, &q, d, &k32, 0.1, &mut s);
+                attention::weighted_sum(k, &p, &v32, d, &mut o);
+            })
+        });
+        g.bench_function(BenchmarkId::new("f32_scores", k.name()), |b| {
+            b.iter(|| attention::scores(k, &q, d, &k32, 0.1, &mut s))
+        });
+        g.bench_function(BenchmarkId::new("f32_values", k.name()), |b| {
+            b.iter(|| attention::weighted_sum(k, &p, &v32, d, &mut o))
+        });
+        g.bench_function(BenchmarkId::new("f16", k.name()), |b| {
+            b.iter(|| {
+                attention::scores(k, &q, d, &k16, 0.1, &mut s);
+                attention::weighted_sum(k, &p, &v16, d, &mut o);
+            })
+        });
+    }
+}
+
+/// A slice of the 2B4T output head (16384 of its 128256 rows, so it stays in cache: the kernels'
+/// own speed, not the memory's) for one token, in each quantised format.
+fn head_decode(c: &mut Criterion) {
+    let (rows, cols) = (16384, 2560);
+    let bytes: Vec<u8> = floats(rows * cols, 6)
+        .iter()
+        .flat_map(|v| (v * 0.05).to_le_bytes())
+        .collect();
+    let view = DenseView {
+        dtype: DType::F32,
+        data: &bytes,
+        rows,
+        cols,
+    };
+    let (m8, m4) = (Int8Matrix::from_dense(view), Int4Matrix::from_dense(view));
+    let x = floats(cols, 7);
+    let mut out = vec![0.0f32; rows];
+    let mut g = c.benchmark_group("head_16384x2560");
+    for k in Kernel::available() {
+        g.throughput(Throughput::Bytes(m8.bytes() as u64));
+        g.bench_function(BenchmarkId::new("int8", k.name()), |b| {
+            b.iter(|| int8::gemm(k, &m8, &x, 1, &mut out))
+        });
+        g.throughput(Throughput::Bytes(m4.bytes() as u64));
+        g.bench_function(BenchmarkId::new("int4", k.name()), |b| {
+            b.iter(|| int4::gemm(k, &m4, &x, 1, &mut out))
+        });
+    }
+}
+
+criterion_group!(benches, ternary_decode, attention_decode, head_decode);
+criterion_main!(benches);

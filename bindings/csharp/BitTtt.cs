@@ -137,7 +137,7 @@ namespace BitTtt
         }
 
         [StructLayout(LayoutKind.Sequential)]
-        public struct SessionParams { public uint StructSize; public uint NCtx; public uint NBatch; public ulong Seed; }
+        public struct SessionParams { public uint StructSize; public uint NCtx; public uint NBatch; public ulong Seed; public Str KvCache; }
 
         [StructLayout(LayoutKind.Sequential)]
         public struct GenerateParams
@@ -251,7 +251,7 @@ namespace BitTtt
 
         static Native()
         {
-            if (bit_ttt_abi_version() < 2) throw new BitTttException(Status.AbiMismatch, "library ABI is older than these bindings");
+            if (bit_ttt_abi_version() < 3) throw new BitTttException(Status.AbiMismatch, "library ABI is older than these bindings");
             CheckSize("bit_ttt_model_params", typeof(ModelParams));
             CheckSize("bit_ttt_model_info", typeof(ModelInfo));
             CheckSize("bit_ttt_session_params", typeof(SessionParams));
@@ -448,7 +448,9 @@ namespace BitTtt
         readonly SessionHandle handle;
         readonly Model model;
 
-        public Session(Model model, int contextTokens = 0, ulong? seed = null)
+        /// <param name="kvCache">"f32" (exact, the default when null) or "f16" (half the KV memory,
+        /// faster decode in long contexts).</param>
+        public Session(Model model, int contextTokens = 0, ulong? seed = null, string kvCache = null)
         {
             this.model = model;
             var p = new Native.SessionParams();
@@ -456,7 +458,22 @@ namespace BitTtt
             if (contextTokens < 0) throw new ArgumentOutOfRangeException("contextTokens");
             p.NCtx = (uint)contextTokens;
             if (seed.HasValue) p.Seed = seed.Value;
-            Native.Check(Native.bit_ttt_session_new(model.Handle, ref p, out handle));
+            GCHandle kv = default(GCHandle);
+            try
+            {
+                if (!string.IsNullOrEmpty(kvCache))
+                {
+                    byte[] kb = Native.Utf8(kvCache);
+                    kv = GCHandle.Alloc(kb, GCHandleType.Pinned);
+                    p.KvCache.Ptr = kv.AddrOfPinnedObject();
+                    p.KvCache.Len = (UIntPtr)kb.Length;
+                }
+                Native.Check(Native.bit_ttt_session_new(model.Handle, ref p, out handle));
+            }
+            finally
+            {
+                if (kv.IsAllocated) kv.Free();
+            }
         }
 
         public Model Model { get { return model; } }

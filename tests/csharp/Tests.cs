@@ -43,6 +43,9 @@ static class Tests
 
         using (var model = Model.Load(dir))
         {
+            using (var half = new Session(model, 128, 1, "f16"))
+                Check(half.Generate("It was", Greedy(3)).GeneratedTokens == 3, "f16 KV cache");
+            Throws(Status.InvalidArgument, () => new Session(model, 128, 1, "q8_0"), "unknown KV cache type");
             var info = model.Info;
             Check(info.Layers > 0 && info.VocabSize > 0 && info.Parameters > 0, "info");
 

@@ -98,11 +98,12 @@ class Llama:
     n_ctx: context tokens (0 = the model's maximum). n_threads: 0 = one per core.
     seed: the sampler's seed. kernel: force a CPU kernel ("avx2", ...). head: the output head's
     format, "native", "int8" or "int4" (fewer bytes per token, faster decode; int8_head=True is
-    head="int8").
+    head="int8"). kv_cache: "f32" (exact, the default) or "f16" (half the KV memory, faster
+    decode in long contexts; llama.cpp's default).
     """
 
     def __init__(self, model_path=None, *, n_ctx=0, n_threads=0, n_batch=512, seed=None,
-                 kernel=None, int8_head=False, head=None, verbose=False):
+                 kernel=None, int8_head=False, head=None, kv_cache=None, verbose=False):
         self._model = c_void_p()
         self._session = c_void_p()
         path = Path(model_path) if model_path is not None else _sample_model()
@@ -127,6 +128,10 @@ class Llama:
         sp.n_batch = _nonneg(n_batch, "n_batch")
         if seed is not None:
             sp.seed = int(seed) & ((1 << 64) - 1)
+        kv_bytes = _utf8(kv_cache) if kv_cache else b""
+        if kv_bytes:
+            kv_buf = ctypes.create_string_buffer(kv_bytes)
+            sp.kv_cache.ptr, sp.kv_cache.len = ctypes.cast(kv_buf, c_void_p), len(kv_bytes)
         try:
             check(_L.bit_ttt_session_new(self._model, byref(sp), byref(self._session)))
         except BaseException:

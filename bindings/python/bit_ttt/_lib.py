@@ -83,7 +83,7 @@ class ModelInfo(Structure):
 
 class SessionParams(Structure):
     _fields_ = [("struct_size", c_uint32), ("n_ctx", c_uint32), ("n_batch", c_uint32),
-                ("seed", c_uint64)]
+                ("seed", c_uint64), ("kv_cache", String)]
 
 
 class GenerateParams(Structure):
@@ -202,7 +202,7 @@ def load():
     for name, (res, args) in _PROTOTYPES.items():
         f = getattr(lib, name)
         f.restype, f.argtypes = res, args
-    if lib.bit_ttt_abi_version() < 2:
+    if lib.bit_ttt_abi_version() < 3:
         raise OSError(f"{path}: ABI version {lib.bit_ttt_abi_version()} is older than these bindings")
     for cname, py in STRUCTS.items():
         size = lib.bit_ttt_struct_size(cname.encode())

@@ -209,3 +209,10 @@ def test_quantised_heads_load_and_generate():
             assert m("It was a cold morning and", max_tokens=4, temperature=0)["choices"][0]["text"]
     with pytest.raises(bit_ttt.InvalidArgumentError, match="int3"):
         bit_ttt.Llama(n_ctx=128, head="int3")
+
+
+def test_f16_kv_cache_generates_and_unknown_types_are_refused():
+    with bit_ttt.Llama(n_ctx=128, seed=1, kv_cache="f16") as m:
+        assert m("It was a cold morning and", max_tokens=4, temperature=0)["choices"][0]["text"]
+    with pytest.raises(bit_ttt.InvalidArgumentError, match="q8_0"):
+        bit_ttt.Llama(n_ctx=128, kv_cache="q8_0")

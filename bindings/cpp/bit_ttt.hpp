@@ -148,11 +148,15 @@ struct GenerateResult {
 /// A conversation over a model: KV cache, tokens, sampler. One call at a time.
 class Session {
 public:
-    explicit Session(const Model &model, uint32_t n_ctx = 0, uint32_t n_batch = 512) {
+    /// kv_cache: "f32" (exact; the default when empty) or "f16" (half the KV memory).
+    explicit Session(const Model &model, uint32_t n_ctx = 0, uint32_t n_batch = 512,
+                     std::string_view kv_cache = {}) {
         bit_ttt_session_params p;
         detail::check(bit_ttt_session_params_init(&p));
         p.n_ctx = n_ctx;
         p.n_batch = n_batch;
+        p.kv_cache.ptr = kv_cache.data();
+        p.kv_cache.len = kv_cache.size();
         bit_ttt_session *s = nullptr;
         detail::check(bit_ttt_session_new(model.get(), &p, &s));
         session_.reset(s);

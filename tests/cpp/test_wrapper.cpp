@@ -30,6 +30,22 @@ int main(int argc, char **argv) {
     CHECK(model.detokenize(ids) == "Hello, world! 日本語");
     CHECK(model.apply_chat_template({{"user", "Hi"}}) == "<|begin_of_text|>User: Hi<|eot_id|>Assistant: ");
 
+    {
+        bit_ttt::Session half(model, 128, 16, "f16");
+        bit_ttt::GenerateOptions g;
+        g.temperature = 0;
+        g.max_tokens = 3;
+        g.ignore_eos = true;
+        CHECK(half.generate("It was", g).tokens.size() == 3);
+        try {
+            bit_ttt::Session bad(model, 128, 16, "q8_0");
+            CHECK(false);
+        } catch (const bit_ttt::Error &e) {
+            CHECK(e.status() == BIT_TTT_INVALID_ARGUMENT);
+            CHECK(std::string(e.what()).find("q8_0") != std::string::npos);
+        }
+    }
+
     bit_ttt::Session session(model, 256);
     bit_ttt::GenerateOptions o;
     o.temperature = 0;

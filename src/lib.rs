@@ -379,7 +379,17 @@ pub fn convert(
     src: impl AsRef<Path>,
     out: impl AsRef<Path>,
 ) -> Result<loader::prepacked::ConvertStats> {
-    loader::prepacked::convert(src.as_ref(), out.as_ref())
+    convert_with_head(src, out, HeadFormat::Native)
+}
+
+/// `convert`, also storing the output head quantised to `head` (int8 or int4): loading the file
+/// with that head then maps it instead of quantising the checkpoint's head.
+pub fn convert_with_head(
+    src: impl AsRef<Path>,
+    out: impl AsRef<Path>,
+    head: HeadFormat,
+) -> Result<loader::prepacked::ConvertStats> {
+    loader::prepacked::convert(src.as_ref(), out.as_ref(), head)
 }
 
 /// Memory a model folder and one session of `n_ctx` tokens (0 = the model's maximum) will take,

@@ -5,7 +5,7 @@ use common::{FIXTURES, fixture};
 
 use std::path::Path;
 
-use bit_ttt::{ErrorKind, Model, ModelParams, Session, SessionParams};
+use bit_ttt::{ErrorKind, HeadFormat, Model, ModelParams, Session, SessionParams};
 
 fn logits(model: &Model, ids: &[u32]) -> Vec<f32> {
     let mut s = Session::new(
@@ -62,6 +62,68 @@ fn converted_files_give_identical_logits_and_share_state() {
         b.load_state(&a.save_state()).unwrap();
         assert_eq!(b.tokens(), ids);
     }
+}
+
+/// A file converted with a quantised head: loading it with that head maps the stored copy (no
+/// quantisation at load) and gives the logits of quantising at load; any other head still works.
+#[test]
+fn stored_quantised_heads_equal_heads_quantised_at_load() {
+    let tmp = tempfile::TempDir::new().unwrap();
+    for name in ["bitnet_packed_auto", "llama_packed_sharded"] {
+        let dir = fixture(name);
+        let ids = [1u32, 5, 9, 3, 7];
+        for head in [HeadFormat::Int8, HeadFormat::Int4] {
+            let out = tmp.path().join(format!("{name}-{}.bttt", head.name()));
+            bit_ttt::convert_with_head(&dir, &out, head).unwrap();
+            let params = |head| ModelParams {
+                head,
+                ..Default::default()
+            };
+            let at_load = Model::load(&dir, &params(head)).unwrap();
+            let stored = Model::load(&out, &params(head)).unwrap();
+            assert_eq!(stored.head_format(), head);
+            assert_eq!(
+                logits(&stored, &ids),
+                logits(&at_load, &ids),
+                "{name} {}",
+                head.name()
+            );
+            assert_eq!(stored.fingerprint(), at_load.fingerprint());
+            for other in HeadFormat::ALL {
+                let m = Model::load(&out, &params(other)).unwrap();
+                let plain = Model::load(&dir, &params(other)).unwrap();
+                assert_eq!(
+                    logits(&m, &ids),
+                    logits(&plain, &ids),
+                    "{name} {}",
+                    other.name()
+                );
+            }
+            // The stored copy is what computes the logits: change it and they change.
+            let tensor = format!("bit_ttt.head.{}.values", head.name());
+            let changed = tmp.path().join("changed.bttt");
+            let mut bytes = std::fs::read(&out).unwrap();
+            let at = data_offset(&bytes, &tensor);
+            for b in &mut bytes[at..at + 4096] {
+                *b ^= 0x11;
+            }
+            std::fs::write(&changed, bytes).unwrap();
+            let m = Model::load(&changed, &params(head)).unwrap();
+            assert_ne!(
+                logits(&m, &ids),
+                logits(&at_load, &ids),
+                "{name} {}",
+                head.name()
+            );
+        }
+    }
+}
+
+/// Where tensor `name`'s bytes start in a safetensors file.
+fn data_offset(file: &[u8], name: &str) -> usize {
+    let len = u64::from_le_bytes(file[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&file[8..8 + len]).unwrap();
+    8 + len + header[name]["data_offsets"][0].as_u64().unwrap() as usize
 }
 
 #[test]

@@ -53,6 +53,10 @@ struct ConvertArgs {
     /// The file to write (load it with --model FILE).
     #[arg(long, short)]
     out: PathBuf,
+    /// Also store the output head quantised (int8 or int4): loading with that --head then maps
+    /// it instead of quantising at every load.
+    #[arg(long, default_value = "native")]
+    head: String,
 }
 
 #[derive(Args)]
@@ -429,6 +433,11 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Starts a new peak-RSS measurement (Linux: "5" to clear_refs resets VmHWM to the current RSS).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
 /// Memory read bandwidth with `threads` threads (0 = all cores), in bytes/s: the best of three sums of a
 /// 512 MiB buffer (larger than any cache).
 fn read_bandwidth(threads: usize) -> f64 {
@@ -474,6 +483,8 @@ fn bench(a: &BenchArgs) -> bit_ttt::Result<()> {
     // Bandwidth first: its buffer must not count in the models' peak RSS.
     let bandwidths: Vec<f64> = a.threads.iter().map(|&t| read_bandwidth(t)).collect();
     for (&threads, &bandwidth) in a.threads.iter().zip(&bandwidths) {
+        // Each thread count's own peak: the bandwidth buffer and the previous model are gone.
+        reset_peak_rss();
         let start = std::time::Instant::now();
         let model = Model::load(
             &path,
@@ -555,15 +566,17 @@ fn main() -> ExitCode {
         Command::AdaptBench(a) => adapt::adapt_bench(a),
         Command::Convert(a) => {
             let start = std::time::Instant::now();
-            bit_ttt::convert(&a.model, &a.out).map(|s| {
-                eprintln!(
-                    "wrote {} ({} tensors, {}) in {:.1} s",
-                    a.out.display(),
-                    s.tensors,
-                    human(s.bytes),
-                    start.elapsed().as_secs_f64()
-                )
-            })
+            HeadFormat::parse(&a.head)
+                .and_then(|head| bit_ttt::convert_with_head(&a.model, &a.out, head))
+                .map(|s| {
+                    eprintln!(
+                        "wrote {} ({} tensors, {}) in {:.1} s",
+                        a.out.display(),
+                        s.tensors,
+                        human(s.bytes),
+                        start.elapsed().as_secs_f64()
+                    )
+                })
         }
     };
     match r {

@@ -10,6 +10,7 @@ use rayon::prelude::*;
 
 use super::Kernel;
 use super::dense::DenseView;
+use crate::loader::bytes::Bytes;
 use crate::quant;
 
 /// Columns per group (one scale each).
@@ -25,7 +26,7 @@ pub struct Int4Matrix {
     pub cols: usize,
     /// Groups per row (columns rounded up to whole groups).
     pub groups: usize,
-    pub nibbles: Vec<u8>,
+    pub nibbles: Bytes,
     /// `rows × groups_padded` scales, zero past the last group.
     pub scales: Vec<f32>,
 }
@@ -65,9 +66,30 @@ impl Int4Matrix {
             rows: m.rows,
             cols: m.cols,
             groups,
-            nibbles,
+            nibbles: Bytes::owned(nibbles),
             scales,
         }
+    }
+
+    /// A matrix stored by `parts` (e.g. in a pre-packed file, the nibbles mapped in place);
+    /// `None` when the sizes do not fit a `[rows, cols]` matrix.
+    pub fn from_parts(rows: usize, cols: usize, nibbles: Bytes, scales: Vec<f32>) -> Option<Self> {
+        let groups = cols.div_ceil(GROUP);
+        let fits =
+            nibbles.len() == rows * groups * GROUP / 2 && scales.len() == rows * padded(groups);
+        fits.then_some(Self {
+            rows,
+            cols,
+            groups,
+            nibbles,
+            scales,
+        })
+    }
+
+    /// Shapes of the two stored parts: nibbles `[rows, bytes per row]`, scales `[rows, padded]`.
+    pub fn part_shapes(rows: usize, cols: usize) -> ([usize; 2], [usize; 2]) {
+        let groups = cols.div_ceil(GROUP);
+        ([rows, groups * GROUP / 2], [rows, padded(groups)])
     }
 
     pub fn bytes(&self) -> usize {

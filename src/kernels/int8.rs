@@ -6,6 +6,7 @@ use rayon::prelude::*;
 
 use super::Kernel;
 use super::dense::DenseView;
+use crate::loader::bytes::Bytes;
 use crate::quant;
 
 /// Columns are padded to a multiple of this (zeros), so SIMD loops need no tail.
@@ -17,7 +18,8 @@ pub struct Int8Matrix {
     pub rows: usize,
     pub cols: usize,
     pub cols_padded: usize,
-    pub w: Vec<i8>,
+    /// `rows × cols_padded` int8 values (as bytes: they may be mapped from a file).
+    pub w: Bytes,
     /// Row r's values are `w[r] * row_scale[r]`.
     pub row_scale: Vec<f32>,
 }
@@ -25,7 +27,7 @@ pub struct Int8Matrix {
 impl Int8Matrix {
     /// Quantises each row by its absmax: w = round(v · 127 / max|v|).
     pub fn from_dense(m: DenseView) -> Self {
-        let cols_padded = m.cols.div_ceil(PAD) * PAD;
+        let cols_padded = Self::padded_cols(m.cols);
         let mut w = vec![0i8; m.rows * cols_padded];
         let row_scale = w
             .par_chunks_mut(cols_padded)
@@ -41,9 +43,28 @@ impl Int8Matrix {
             rows: m.rows,
             cols: m.cols,
             cols_padded,
-            w,
+            w: Bytes::owned(w.into_iter().map(|v| v as u8).collect()),
             row_scale,
         }
+    }
+
+    /// A matrix stored by `parts` (e.g. in a pre-packed file, the values mapped in place);
+    /// `None` when the sizes do not fit a `[rows, cols]` matrix.
+    pub fn from_parts(rows: usize, cols: usize, w: Bytes, row_scale: Vec<f32>) -> Option<Self> {
+        let cols_padded = Self::padded_cols(cols);
+        let fits = w.len() == rows * cols_padded && row_scale.len() == rows;
+        fits.then_some(Self {
+            rows,
+            cols,
+            cols_padded,
+            w,
+            row_scale,
+        })
+    }
+
+    /// Columns as stored: `cols` rounded up to the SIMD width.
+    pub fn padded_cols(cols: usize) -> usize {
+        cols.div_ceil(PAD) * PAD
     }
 
     pub fn bytes(&self) -> usize {
@@ -51,7 +72,9 @@ impl Int8Matrix {
     }
 
     fn row(&self, r: usize) -> &[i8] {
-        &self.w[r * self.cols_padded..(r + 1) * self.cols_padded]
+        let bytes = &self.w[r * self.cols_padded..(r + 1) * self.cols_padded];
+        // SAFETY: i8 and u8 have the same size and alignment, and every bit pattern is valid.
+        unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<i8>(), bytes.len()) }
     }
 }
 

@@ -1,14 +1,45 @@
 //! Byte buffers that are either a window into a memory-mapped (or caller-given) file, or owned.
 //! Weights read in place stay in the page cache only: no second copy in RAM.
 
+use std::fs::File;
 use std::ops::{Deref, Range};
 use std::sync::Arc;
 
 use memmap2::Mmap;
 
+/// Reads `out.len()` bytes of `file` at `offset`.
+fn read_at(file: &File, out: &mut [u8], offset: u64) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::read_exact_at(file, out, offset)
+    }
+    #[cfg(windows)]
+    {
+        let mut done = 0;
+        while done < out.len() {
+            let n = std::os::windows::fs::FileExt::seek_read(
+                file,
+                &mut out[done..],
+                offset + done as u64,
+            )?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            done += n;
+        }
+        Ok(())
+    }
+    #[cfg(not(any(unix, windows)))]
+    {
+        let _ = (file, out, offset);
+        Err(std::io::ErrorKind::Unsupported.into())
+    }
+}
+
 /// The whole content of one weights file.
 pub enum Backing {
-    Mapped(Mmap),
+    /// The whole file mapped from offset 0, and the file itself for `Bytes::read_into`.
+    Mapped(Mmap, File),
     Owned(Arc<Vec<u8>>),
 }
 
@@ -16,7 +47,7 @@ impl Deref for Backing {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         match self {
-            Backing::Mapped(m) => m,
+            Backing::Mapped(m, _) => m,
             Backing::Owned(v) => v,
         }
     }
@@ -36,9 +67,25 @@ impl Bytes {
     pub fn owned(v: Vec<u8>) -> Self {
         Bytes::Owned(Arc::new(v))
     }
+    /// Copies `range` (within these bytes) into `out`. From a mapped file this is a read of
+    /// the file, which maps nothing: the way to look up rows of a large table read a row at a
+    /// time (the input embedding). Touching its mapping instead makes a whole page-cache folio
+    /// resident per row (up to megabytes on filesystems with large folios), so a few hundred
+    /// tokens would show most of the table in the process's RSS.
+    pub fn read_into(&self, range: Range<usize>, out: &mut [u8]) {
+        debug_assert_eq!(range.len(), out.len());
+        if let Bytes::Shared { file, range: r } = self
+            && let Backing::Mapped(_, f) = &**file
+            && read_at(f, out, (r.start + range.start) as u64).is_ok()
+        {
+            return;
+        }
+        out.copy_from_slice(&self[range]);
+    }
+
     /// True when the bytes live in a mapped file rather than on the heap.
     pub fn is_mapped(&self) -> bool {
-        matches!(self, Bytes::Shared { file, .. } if matches!(**file, Backing::Mapped(_)))
+        matches!(self, Bytes::Shared { file, .. } if matches!(**file, Backing::Mapped(..)))
     }
 }
 
@@ -60,5 +107,33 @@ impl std::fmt::Debug for Bytes {
             self.len(),
             self.is_mapped()
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_into_equals_the_mapped_bytes() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("t.bin");
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let file = Arc::new(crate::loader::source::map_file(&path).unwrap());
+        let bytes = Bytes::Shared {
+            file,
+            range: 1000..9000,
+        };
+        for range in [0..8000, 123..4567, 7999..8000] {
+            let mut out = vec![0u8; range.len()];
+            bytes.read_into(range.clone(), &mut out);
+            assert_eq!(out, &bytes[range.clone()]);
+            assert_eq!(out, &data[1000 + range.start..1000 + range.end]);
+        }
+        let owned = Bytes::owned(data.clone());
+        let mut out = vec![0u8; 10];
+        owned.read_into(5..15, &mut out);
+        assert_eq!(out, &data[5..15]);
     }
 }

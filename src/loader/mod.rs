@@ -3,6 +3,7 @@
 
 pub mod bytes;
 pub mod estimate;
+pub mod heads;
 pub mod prepacked;
 pub mod safetensors;
 pub mod source;
@@ -128,7 +129,7 @@ fn float_vector(store: &TensorStore, name: &str, len: usize) -> Result<Vec<f32>>
     t.to_f32()
 }
 
-fn float_matrix(t: &Tensor, rows: usize, cols: usize) -> Result<FloatMatrix> {
+pub(crate) fn float_matrix(t: &Tensor, rows: usize, cols: usize) -> Result<FloatMatrix> {
     if !t.dtype.is_float() {
         return Err(t.error(format!("dtype {:?}, expected a float type", t.dtype)));
     }
@@ -138,6 +139,7 @@ fn float_matrix(t: &Tensor, rows: usize, cols: usize) -> Result<FloatMatrix> {
         cols,
         dtype: t.dtype,
         data: t.data.clone(),
+        read_rows: false,
     })
 }
 
@@ -306,11 +308,13 @@ pub fn build_weights(config: Config, store: &TensorStore) -> Result<Weights> {
             h,
         )?)
     };
+    let stored_heads = heads::load(store, c.vocab_size, h)?;
     Ok(Weights {
         config,
         embed,
         layers,
         final_norm,
         lm_head,
+        stored_heads,
     })
 }

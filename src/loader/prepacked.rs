@@ -4,6 +4,7 @@
 //! in its metadata. Loading it maps the file and uses the weights in place: no repacking, no
 //! second copy.
 
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufWriter, Write};
 use std::path::Path;
@@ -12,9 +13,11 @@ use std::sync::Arc;
 use safetensors::SafeTensors;
 use serde_json::{Value, json};
 
+use super::heads::{self, StoredHead};
 use super::safetensors::{DType, TensorStore};
 use super::source::{Source, map_file};
 use super::{build_linear, fingerprint, projection_shape, weight_files};
+use crate::HeadFormat;
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::linear::Linear;
@@ -57,8 +60,10 @@ struct Planned<'a> {
 }
 
 /// Converts the model folder `src` into a pre-packed file at `out`, one tensor at a time (the
-/// largest tensor is the most held in memory), written to a temporary file and renamed.
-pub fn convert(src: &Path, out: &Path) -> Result<ConvertStats> {
+/// largest tensor is the most held in memory), written to a temporary file and renamed. With
+/// `head` int8 or int4 the file also holds the output head quantised that way, which a load
+/// asking for that head then maps instead of quantising it.
+pub fn convert(src: &Path, out: &Path, head: HeadFormat) -> Result<ConvertStats> {
     let source = Source::Dir(src.to_path_buf());
     let config_text = source.read_string("config.json")?;
     let cfg =
@@ -81,6 +86,14 @@ pub fn convert(src: &Path, out: &Path) -> Result<ConvertStats> {
 
     let mut names: Vec<&str> = store.names().collect();
     names.sort_unstable();
+    // Quantised once, when its first tensor is written.
+    let quantised: OnceCell<Option<StoredHead>> = OnceCell::new();
+    let head_name = match cfg.tie_word_embeddings {
+        true => "model.embed_tokens.weight",
+        false => "lm_head.weight",
+    };
+    let head_matrix =
+        super::float_matrix(store.require(head_name)?, cfg.vocab_size, cfg.hidden_size)?;
     let mut plan: Vec<Planned> = Vec::new();
     for name in names {
         let t = store.get(name).expect("listed tensor");
@@ -121,6 +134,21 @@ pub fn convert(src: &Path, out: &Path) -> Result<ConvertStats> {
         });
     }
 
+    let (quantised, head_matrix) = (&quantised, &head_matrix);
+    for (i, (name, dtype, shape)) in heads::layout(head, cfg.vocab_size, cfg.hidden_size)
+        .into_iter()
+        .enumerate()
+    {
+        plan.push(Planned {
+            name: name.to_string(),
+            dtype,
+            shape,
+            bytes: Box::new(move || {
+                let q = quantised.get_or_init(|| heads::quantise(head_matrix.view(), head));
+                Ok(q.as_ref().expect("a quantised format").part_bytes(i))
+            }),
+        });
+    }
     let mut header = serde_json::Map::new();
     header.insert("__metadata__".into(), json!(metadata));
     let mut offset = 0usize;

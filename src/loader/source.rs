@@ -29,7 +29,7 @@ pub fn map_file(p: &Path) -> Result<Backing> {
     // SAFETY: the map is read-only; a checkpoint modified while mapped is outside the contract
     // (as with every mmap-based loader), and every read is bounds-checked.
     let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(p, &e))?;
-    Ok(Backing::Mapped(map))
+    Ok(Backing::Mapped(map, file))
 }
 
 impl Source {

@@ -13,9 +13,9 @@ use crate::HeadFormat;
 use crate::config::Activation;
 use crate::error::{Error, Result};
 use crate::kernels::attention;
-use crate::kernels::int4::{self, Int4Matrix};
-use crate::kernels::int8::{self, Int8Matrix};
 use crate::kernels::{Kernel, dense, scalar};
+use crate::kernels::{int4, int8};
+use crate::loader::heads::{self, StoredHead};
 
 /// The model with the tables its forward pass needs.
 pub struct Transformer {
@@ -23,7 +23,7 @@ pub struct Transformer {
     rope: Rope,
     kernel: Kernel,
     /// A quantised copy of the output head, used instead of it when present.
-    head_quant: Option<QuantHead>,
+    head_quant: Option<StoredHead>,
     /// BitLinear inputs stay f32 (no int8 quantiser): the smooth function the finite-difference
     /// tests of `adapt` differentiate. Never set for inference.
     float_activations: bool,
@@ -39,21 +39,18 @@ fn norm_rows(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
     out
 }
 
-/// The output head's quantised copies.
-enum QuantHead {
-    Int8(Int8Matrix),
-    Int4(Int4Matrix),
-}
-
 impl Transformer {
-    pub fn new(weights: Weights, kernel: Kernel, head: HeadFormat) -> Self {
+    /// `head` picks the head's format: a copy of it stored in the weights (a pre-packed file)
+    /// is used in place, otherwise the checkpoint's head is quantised here.
+    pub fn new(mut weights: Weights, kernel: Kernel, head: HeadFormat) -> Self {
         let rope = Rope::new(&weights.config);
-        let view = weights.head().view();
-        let head_quant = match head {
-            HeadFormat::Native => None,
-            HeadFormat::Int8 => Some(QuantHead::Int8(Int8Matrix::from_dense(view))),
-            HeadFormat::Int4 => Some(QuantHead::Int4(Int4Matrix::from_dense(view))),
+        let stored = std::mem::take(&mut weights.stored_heads);
+        let head_quant = match stored.into_iter().find(|h| h.format() == head) {
+            Some(h) => Some(h),
+            None => heads::quantise(weights.head().view(), head),
         };
+        // Looked up row by row only, unless it is also the head in use.
+        weights.embed.read_rows = head_quant.is_some() || weights.lm_head.is_some();
         Self {
             weights,
             rope,
@@ -76,19 +73,17 @@ impl Transformer {
 
     /// Which copy of the head computes the logits.
     pub fn head_format(&self) -> HeadFormat {
-        match self.head_quant {
-            None => HeadFormat::Native,
-            Some(QuantHead::Int8(_)) => HeadFormat::Int8,
-            Some(QuantHead::Int4(_)) => HeadFormat::Int4,
-        }
+        self.head_quant
+            .as_ref()
+            .map_or(HeadFormat::Native, StoredHead::format)
     }
 
     /// Bytes of the quantised head copy (0 without one).
     pub fn quant_head_bytes(&self) -> usize {
         match &self.head_quant {
             None => 0,
-            Some(QuantHead::Int8(m)) => m.bytes(),
-            Some(QuantHead::Int4(m)) => m.bytes(),
+            Some(StoredHead::Int8(m)) => m.bytes(),
+            Some(StoredHead::Int4(m)) => m.bytes(),
         }
     }
 
@@ -285,8 +280,8 @@ impl Transformer {
         let n_tok = hidden_states.len() / head.cols;
         let mut out = vec![0.0; n_tok * head.rows];
         match &self.head_quant {
-            Some(QuantHead::Int8(q)) => int8::gemm(self.kernel, q, hidden_states, n_tok, &mut out),
-            Some(QuantHead::Int4(q)) => int4::gemm(self.kernel, q, hidden_states, n_tok, &mut out),
+            Some(StoredHead::Int8(q)) => int8::gemm(self.kernel, q, hidden_states, n_tok, &mut out),
+            Some(StoredHead::Int4(q)) => int4::gemm(self.kernel, q, hidden_states, n_tok, &mut out),
             None => dense::gemm(self.kernel, head.view(), hidden_states, n_tok, &mut out),
         }
         out

@@ -18,13 +18,24 @@ pub struct FloatMatrix {
     pub cols: usize,
     pub dtype: DType,
     pub data: Bytes,
+    /// Rows are fetched with `Bytes::read_into` (file reads) rather than through the mapping:
+    /// set for an embedding table that is only looked up (see `read_into` for why).
+    pub read_rows: bool,
 }
 
 impl FloatMatrix {
     /// Decodes row `r` into `out` as f32.
     pub fn row_into(&self, r: usize, out: &mut [f32]) {
         let size = self.dtype.size();
-        let bytes = &self.data[r * self.cols * size..(r + 1) * self.cols * size];
+        let range = r * self.cols * size..(r + 1) * self.cols * size;
+        let mut buf = Vec::new();
+        let bytes = if self.read_rows {
+            buf.resize(range.len(), 0);
+            self.data.read_into(range, &mut buf);
+            &buf[..]
+        } else {
+            &self.data[range]
+        };
         match self.dtype {
             DType::F32 => {
                 for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {

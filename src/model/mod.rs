@@ -45,6 +45,8 @@ pub struct Weights {
     pub final_norm: Vec<f32>,
     /// `None` when the head is tied to the embedding.
     pub lm_head: Option<FloatMatrix>,
+    /// Quantised copies of the head found with the weights (a pre-packed file may hold them).
+    pub stored_heads: Vec<crate::loader::heads::StoredHead>,
 }
 
 impl Weights {

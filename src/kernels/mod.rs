@@ -149,11 +149,37 @@ impl Kernel {
             x.cols_padded, w.cols_padded,
             "ternary_gemm: activation width"
         );
-        // Enough rows per task to amortise scheduling, enough tasks to balance the threads.
-        let per_task = (w.rows / (4 * rayon::current_num_threads())).clamp(16, 256);
-        acc.par_chunks_mut(per_task * x.n_tok)
-            .enumerate()
-            .for_each(|(i, chunk)| self.run(w, x, i * per_task, chunk));
+        self.ternary_gemm_many(&[w], x, &mut [acc]);
+    }
+
+    /// `ternary_gemm` of several matrices that read the same input (Q/K/V, gate/up), as one
+    /// parallel job: one hand-off between threads instead of one per matrix.
+    pub fn ternary_gemm_many(
+        self,
+        ws: &[&PackedTernary],
+        x: &QuantizedRows,
+        accs: &mut [&mut [i32]],
+    ) {
+        assert_eq!(ws.len(), accs.len(), "ternary_gemm_many: outputs");
+        let threads = rayon::current_num_threads();
+        let mut tasks = Vec::new();
+        for (w, acc) in ws.iter().zip(accs.iter_mut()) {
+            assert_eq!(acc.len(), w.rows * x.n_tok, "ternary_gemm: output size");
+            assert_eq!(
+                x.cols_padded, w.cols_padded,
+                "ternary_gemm: activation width"
+            );
+            // Enough rows per task to amortise scheduling, enough tasks to balance the threads.
+            let per_task = (w.rows / (4 * threads)).clamp(16, 256);
+            tasks.extend(
+                acc.chunks_mut(per_task * x.n_tok)
+                    .enumerate()
+                    .map(|(i, chunk)| (*w, i * per_task, chunk)),
+            );
+        }
+        tasks
+            .into_par_iter()
+            .for_each(|(w, r0, chunk)| self.run(w, x, r0, chunk));
     }
 }
 

@@ -128,6 +128,43 @@ impl Transformer {
         out
     }
 
+    /// `project` of several layers that read the same input, the frozen products in one
+    /// parallel job.
+    fn project_many<const N: usize>(
+        &self,
+        layers: [(&Linear, Option<&Lora>); N],
+        input: &Activations,
+        scale: f32,
+        keep_u: [Option<&mut Option<Vec<f32>>>; N],
+    ) -> [Vec<f32>; N] {
+        let mut outs = layers.map(|(l, _)| vec![0.0f32; input.n_tok * l.rows()]);
+        if self.float_activations {
+            for ((l, _), out) in layers.iter().zip(outs.iter_mut()) {
+                l.forward_float(input.x, input.n_tok, out);
+            }
+        } else {
+            let linears = layers.map(|(l, _)| l);
+            let mut views: Vec<&mut [f32]> = outs.iter_mut().map(|o| &mut o[..]).collect();
+            Linear::forward_many(&linears, input, &mut views, self.kernel);
+        }
+        for (((_, lora), out), keep) in layers.iter().zip(outs.iter_mut()).zip(keep_u) {
+            if let Some(lora) = lora {
+                let u = crate::adapt::ops::lora_forward(
+                    &lora.a,
+                    &lora.b,
+                    lora.a.len() / lora.cols,
+                    scale,
+                    input.x,
+                    out,
+                );
+                if let Some(keep) = keep {
+                    *keep = Some(u);
+                }
+            }
+        }
+        outs
+    }
+
     /// Runs `tokens` at positions `cache.len()..`, appends their keys and values to the cache
     /// and returns the final-normed hidden states `[tokens.len(), hidden]`.
     pub fn forward(&self, cache: &mut KvCache, tokens: &[u32]) -> Result<Vec<f32>> {
@@ -178,9 +215,16 @@ impl Transformer {
             // Attention.
             let h = norm_rows(&x, &layer.input_norm, cfg.rms_norm_eps);
             let h_in = Activations::new(&h, n);
-            let mut q = self.project((&layer.q, lora(0)), &h_in, scale, on.then_some(u_q));
-            let mut k = self.project((&layer.k, lora(1)), &h_in, scale, on.then_some(u_k));
-            let v = self.project((&layer.v, lora(2)), &h_in, scale, on.then_some(u_v));
+            let [mut q, mut k, v] = self.project_many(
+                [
+                    (&layer.q, lora(0)),
+                    (&layer.k, lora(1)),
+                    (&layer.v, lora(2)),
+                ],
+                &h_in,
+                scale,
+                [on.then_some(u_q), on.then_some(u_k), on.then_some(u_v)],
+            );
             self.apply_rope(&mut q, &mut k, cache.len());
             cache.push(li, &k, &v);
             let a = match cache.layer(li) {
@@ -210,8 +254,12 @@ impl Transformer {
             // Feed-forward.
             let h2 = norm_rows(&x, &layer.post_attention_norm, cfg.rms_norm_eps);
             let h2_in = Activations::new(&h2, n);
-            let gate = self.project((&layer.gate, lora(4)), &h2_in, scale, on.then_some(u_gate));
-            let up = self.project((&layer.up, lora(5)), &h2_in, scale, on.then_some(u_up));
+            let [gate, up] = self.project_many(
+                [(&layer.gate, lora(4)), (&layer.up, lora(5))],
+                &h2_in,
+                scale,
+                [on.then_some(u_gate), on.then_some(u_up)],
+            );
             let m: Vec<f32> = gate
                 .par_iter()
                 .zip(&up)

@@ -196,6 +196,57 @@ impl Linear {
         }
     }
 
+    /// `forward` of several layers that read the same input (Q/K/V, gate/up). For one token
+    /// (decode) ternary ones run as one parallel job: one hand-off between threads instead of
+    /// one per layer (+3-5 % decode on 2 threads). A prompt's products are large enough to pay
+    /// for their own hand-offs and ran 9 % slower fused (a larger accumulator buffer).
+    pub fn forward_many(
+        linears: &[&Linear],
+        input: &Activations,
+        outs: &mut [&mut [f32]],
+        kernel: Kernel,
+    ) {
+        let ternary: Option<Vec<&TernaryMatrix>> = linears
+            .iter()
+            .map(|l| match l {
+                Linear::Ternary(t) => Some(t),
+                Linear::Dense(_) => None,
+            })
+            .collect();
+        let Some(ws) = ternary.filter(|_| input.n_tok == 1) else {
+            for (l, out) in linears.iter().zip(outs.iter_mut()) {
+                l.forward(input, out, kernel);
+            }
+            return;
+        };
+        for w in &ws {
+            assert_eq!(input.cols, w.packed.cols, "linear input width");
+        }
+        let x = input.quantized();
+        let n_tok = input.n_tok;
+        let total: usize = ws.iter().map(|w| w.packed.rows * n_tok).sum();
+        let mut run = |acc: &mut Vec<i32>| {
+            acc.resize(total, 0);
+            let mut accs: Vec<&mut [i32]> = Vec::with_capacity(ws.len());
+            let mut rest = &mut acc[..total];
+            for w in &ws {
+                let (a, r) = rest.split_at_mut(w.packed.rows * n_tok);
+                accs.push(a);
+                rest = r;
+            }
+            let packed: Vec<&PackedTernary> = ws.iter().map(|w| &w.packed).collect();
+            kernel.ternary_gemm_many(&packed, x, &mut accs);
+            for ((w, a), out) in ws.iter().zip(&accs).zip(outs.iter_mut()) {
+                Self::scale_out(w, x, a, out);
+            }
+        };
+        // As in `forward`.
+        ACC.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut acc) => run(&mut acc),
+            Err(_) => run(&mut Vec::new()),
+        });
+    }
+
     /// out[t][r] = acc[r][t] · γ / s_t.
     fn scale_out(w: &TernaryMatrix, x: &QuantizedRows, acc: &[i32], out: &mut [f32]) {
         let (rows, n_tok) = (w.packed.rows, x.n_tok);
@@ -257,5 +308,47 @@ mod tests {
             out2[2..],
             [acc[0] as f32 * (0.75 / s), acc[1] as f32 * (0.75 / s)]
         );
+    }
+
+    /// The fused decode path gives each layer exactly what its own `forward` gives, on every
+    /// kernel, and so does the unfused path it takes for prompts.
+    #[test]
+    fn forward_many_equals_forward() {
+        let cols = 300;
+        let layers: Vec<Linear> = [7usize, 64, 33]
+            .iter()
+            .enumerate()
+            .map(|(i, &rows)| {
+                let t: Vec<i8> = (0..rows * cols)
+                    .map(|j| ((j * 7 + i + j / 11) % 3) as i8 - 1)
+                    .collect();
+                Linear::Ternary(TernaryMatrix {
+                    packed: PackedTernary::from_hf(
+                        &crate::quant::pack_ternary(&t, rows, cols),
+                        rows,
+                        cols,
+                    ),
+                    gamma: 0.5 + i as f32,
+                })
+            })
+            .collect();
+        let refs: Vec<&Linear> = layers.iter().collect();
+        for n_tok in [1, 3] {
+            let x: Vec<f32> = (0..n_tok * cols)
+                .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
+                .collect();
+            for kernel in Kernel::available() {
+                let input = Activations::new(&x, n_tok);
+                let mut outs: Vec<Vec<f32>> =
+                    layers.iter().map(|l| vec![0.0; n_tok * l.rows()]).collect();
+                let mut views: Vec<&mut [f32]> = outs.iter_mut().map(|o| &mut o[..]).collect();
+                Linear::forward_many(&refs, &input, &mut views, kernel);
+                for (l, got) in layers.iter().zip(&outs) {
+                    let mut want = vec![0.0; n_tok * l.rows()];
+                    l.forward(&Activations::new(&x, n_tok), &mut want, kernel);
+                    assert_eq!(got, &want, "{} n_tok={n_tok}", kernel.name());
+                }
+            }
+        }
     }
 }

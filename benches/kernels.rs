@@ -52,6 +52,28 @@ fn ternary_decode(c: &mut Criterion) {
     }
 }
 
+/// The same product on 133 MB of weights (the 30 FFN up projections of 2B4T stacked): far more
+/// than the caches, so this is the decode kernel against memory bandwidth.
+fn ternary_decode_from_memory(c: &mut Criterion) {
+    let (rows, cols) = (30 * 6912, 2560);
+    let t: Vec<i8> = noise(rows * cols, 8).map(|x| (x % 3) as i8 - 1).collect();
+    let w = PackedTernary::from_hf(&bit_ttt::quant::pack_ternary(&t, rows, cols), rows, cols);
+    drop(t);
+    let x = QuantizedRows::new(&floats(cols, 9), 1);
+    let mut acc = vec![0i32; rows];
+    let mut g = c.benchmark_group("ternary_gemv_133MB");
+    g.sample_size(20);
+    g.throughput(Throughput::Bytes(w.data.len() as u64));
+    for k in Kernel::available()
+        .into_iter()
+        .filter(|k| *k != Kernel::Portable)
+    {
+        g.bench_with_input(BenchmarkId::from_parameter(k.name()), &k, |b, &k| {
+            b.iter(|| k.ternary_gemm(&w, &x, &mut acc))
+        });
+    }
+}
+
 fn attention_decode(c: &mut Criterion) {
     let (d, n, heads) = (128, 576, 2);
     let q = floats(heads * d, 3);
@@ -115,5 +137,11 @@ fn head_decode(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, ternary_decode, attention_decode, head_decode);
+criterion_group!(
+    benches,
+    ternary_decode,
+    ternary_decode_from_memory,
+    attention_decode,
+    head_decode
+);
 criterion_main!(benches);

@@ -121,6 +121,21 @@ assert r["lr0_identity"] is True and len(r["documents"]) == 3, r
 print("adapt-bench:", {k: v for k, v in r.items() if k != "documents"})
 '
 
+step "convert with a stored int4 head, then generate from it with an f16 KV cache"
+packed=$(mktemp --suffix .bttt)
+cargo run -q --release -p bit-ttt-cli -- convert --model models/sample --out "$packed" --head int4
+cargo run -q --release -p bit-ttt-cli -- generate --model "$packed" --head int4 --kv-cache f16 \
+  --prompt "The old man" --max-tokens 8 --temperature 0 --json | tail -n 1 | python3 -c '
+import json, sys
+assert len(json.loads(sys.stdin.read())["tokens"]) == 8
+'
+if cargo run -q --release -p bit-ttt-cli -- generate --model "$packed" --kv-cache q4 --prompt "The" 2>"$packed.err"; then
+  echo "an unknown --kv-cache type was accepted" >&2
+  exit 1
+fi
+grep -q "q4" "$packed.err" || { cat "$packed.err" >&2; exit 1; }
+rm -f "$packed" "$packed.err"
+
 step "the sample model is found next to the executable after the folder is moved"
 app=$(mktemp -d)
 mkdir -p "$app/target/release" "$app/models"

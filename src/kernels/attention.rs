@@ -13,6 +13,8 @@ use super::{Kernel, scalar};
 pub trait Element: Copy + Send + Sync + 'static {
     const F16: bool;
     fn to_f32(self) -> f32;
+    /// The nearest value of this type.
+    fn from_f32(x: f32) -> Self;
 }
 
 impl Element for f32 {
@@ -20,12 +22,18 @@ impl Element for f32 {
     fn to_f32(self) -> f32 {
         self
     }
+    fn from_f32(x: f32) -> Self {
+        x
+    }
 }
 
 impl Element for half::f16 {
     const F16: bool = true;
     fn to_f32(self) -> f32 {
         half::f16::to_f32(self)
+    }
+    fn from_f32(x: f32) -> Self {
+        half::f16::from_f32(x)
     }
 }
 

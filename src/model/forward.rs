@@ -106,25 +106,7 @@ impl Transformer {
         scale: f32,
         keep_u: Option<&mut Option<Vec<f32>>>,
     ) -> Vec<f32> {
-        let mut out = vec![0.0; input.n_tok * l.rows()];
-        if self.float_activations {
-            l.forward_float(input.x, input.n_tok, &mut out);
-        } else {
-            l.forward(input, &mut out, self.kernel);
-        }
-        if let Some(lora) = lora {
-            let u = crate::adapt::ops::lora_forward(
-                &lora.a,
-                &lora.b,
-                lora.a.len() / lora.cols,
-                scale,
-                input.x,
-                &mut out,
-            );
-            if let Some(keep) = keep_u {
-                *keep = Some(u);
-            }
-        }
+        let [out] = self.project_many([(l, lora)], input, scale, [keep_u]);
         out
     }
 

@@ -7,6 +7,8 @@
 
 use half::f16;
 
+use crate::kernels::attention::Element;
+
 use crate::error::{Error, Result};
 
 /// How the cache stores keys and values.
@@ -69,42 +71,17 @@ impl Heads {
     /// Appends position-major rows `[n][kv_heads * d]`.
     fn push_rows(&mut self, rows: &[f32], d: usize) {
         match self {
-            Heads::F32(hs) => {
-                let kv_dim = hs.len() * d;
-                for (h, block) in hs.iter_mut().enumerate() {
-                    for row in rows.chunks_exact(kv_dim) {
-                        block.extend_from_slice(&row[h * d..][..d]);
-                    }
-                }
-            }
-            Heads::F16(hs) => {
-                let kv_dim = hs.len() * d;
-                for (h, block) in hs.iter_mut().enumerate() {
-                    for row in rows.chunks_exact(kv_dim) {
-                        block.extend(row[h * d..][..d].iter().map(|&x| f16::from_f32(x)));
-                    }
-                }
-            }
+            Heads::F32(hs) => push_rows(hs, rows, d),
+            Heads::F16(hs) => push_rows(hs, rows, d),
         }
     }
 
     /// The first `n` positions, position-major, as f32.
     fn rows(&self, n: usize, d: usize) -> Vec<f32> {
-        let heads = self.len();
-        let mut out = vec![0.0f32; n * heads * d];
-        for (p, row) in out.chunks_exact_mut(heads * d).enumerate() {
-            for (h, dst) in row.chunks_exact_mut(d).enumerate() {
-                match self {
-                    Heads::F32(hs) => dst.copy_from_slice(&hs[h][p * d..][..d]),
-                    Heads::F16(hs) => {
-                        for (o, x) in dst.iter_mut().zip(&hs[h][p * d..][..d]) {
-                            *o = x.to_f32();
-                        }
-                    }
-                }
-            }
+        match self {
+            Heads::F32(hs) => rows_of(hs, n, d),
+            Heads::F16(hs) => rows_of(hs, n, d),
         }
-        out
     }
 
     fn truncate(&mut self, values: usize) {
@@ -114,19 +91,33 @@ impl Heads {
         }
     }
 
-    fn len(&self) -> usize {
-        match self {
-            Heads::F32(hs) => hs.len(),
-            Heads::F16(hs) => hs.len(),
-        }
-    }
-
     fn bytes(&self) -> usize {
         match self {
             Heads::F32(hs) => hs.iter().map(|b| b.len() * 4).sum(),
             Heads::F16(hs) => hs.iter().map(|b| b.len() * 2).sum(),
         }
     }
+}
+
+fn push_rows<T: Element>(heads: &mut [Vec<T>], rows: &[f32], d: usize) {
+    let kv_dim = heads.len() * d;
+    for (h, block) in heads.iter_mut().enumerate() {
+        for row in rows.chunks_exact(kv_dim) {
+            block.extend(row[h * d..][..d].iter().map(|&x| T::from_f32(x)));
+        }
+    }
+}
+
+fn rows_of<T: Element>(heads: &[Vec<T>], n: usize, d: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; n * heads.len() * d];
+    for (p, row) in out.chunks_exact_mut(heads.len() * d).enumerate() {
+        for (dst, block) in row.chunks_exact_mut(d).zip(heads) {
+            for (o, x) in dst.iter_mut().zip(&block[p * d..][..d]) {
+                *o = x.to_f32();
+            }
+        }
+    }
+    out
 }
 
 /// The attention memory of one session.

@@ -175,23 +175,7 @@ impl Linear {
     pub fn forward(&self, input: &Activations, out: &mut [f32], kernel: Kernel) {
         assert_eq!(input.cols, self.cols(), "linear input width");
         match self {
-            Linear::Ternary(w) => {
-                let x = input.quantized();
-                let (rows, n_tok) = (w.packed.rows, input.n_tok);
-                let mut run = |acc: &mut Vec<i32>| {
-                    acc.resize(n_tok * rows, 0);
-                    kernel.ternary_gemm(&w.packed, x, &mut acc[..n_tok * rows]);
-                    Self::scale_out(w, x, acc, out);
-                };
-                // The accumulators are scratch (every value is written by the kernel): kept per
-                // thread and reused, as a fresh prompt-sized buffer costs a page fault per 4 KiB.
-                // A thread waiting inside the kernel may run another session's forward pass
-                // (rayon steals work while it waits): that one gets a buffer of its own.
-                ACC.with(|cell| match cell.try_borrow_mut() {
-                    Ok(mut acc) => run(&mut acc),
-                    Err(_) => run(&mut Vec::new()),
-                });
-            }
+            Linear::Ternary(w) => Self::ternary_forward(&[w], input, &mut [out], kernel),
             Linear::Dense(w) => dense::gemm(kernel, w.view(), input.x, input.n_tok, out),
         }
     }
@@ -213,15 +197,28 @@ impl Linear {
                 Linear::Dense(_) => None,
             })
             .collect();
-        let Some(ws) = ternary.filter(|_| input.n_tok == 1) else {
-            for (l, out) in linears.iter().zip(outs.iter_mut()) {
-                l.forward(input, out, kernel);
+        match ternary.filter(|_| input.n_tok == 1) {
+            Some(ws) => {
+                for w in &ws {
+                    assert_eq!(input.cols, w.packed.cols, "linear input width");
+                }
+                Self::ternary_forward(&ws, input, outs, kernel);
             }
-            return;
-        };
-        for w in &ws {
-            assert_eq!(input.cols, w.packed.cols, "linear input width");
+            None => {
+                for (l, out) in linears.iter().zip(outs.iter_mut()) {
+                    l.forward(input, out, kernel);
+                }
+            }
         }
+    }
+
+    /// The products of ternary layers with one input, as one parallel job.
+    fn ternary_forward(
+        ws: &[&TernaryMatrix],
+        input: &Activations,
+        outs: &mut [&mut [f32]],
+        kernel: Kernel,
+    ) {
         let x = input.quantized();
         let n_tok = input.n_tok;
         let total: usize = ws.iter().map(|w| w.packed.rows * n_tok).sum();
@@ -229,7 +226,7 @@ impl Linear {
             acc.resize(total, 0);
             let mut accs: Vec<&mut [i32]> = Vec::with_capacity(ws.len());
             let mut rest = &mut acc[..total];
-            for w in &ws {
+            for w in ws {
                 let (a, r) = rest.split_at_mut(w.packed.rows * n_tok);
                 accs.push(a);
                 rest = r;
@@ -240,7 +237,10 @@ impl Linear {
                 Self::scale_out(w, x, a, out);
             }
         };
-        // As in `forward`.
+        // The accumulators are scratch (every value is written by the kernel): kept per thread
+        // and reused, as a fresh prompt-sized buffer costs a page fault per 4 KiB. A thread
+        // waiting inside the kernel may run another session's forward pass (rayon steals work
+        // while it waits): that one gets a buffer of its own.
         ACC.with(|cell| match cell.try_borrow_mut() {
             Ok(mut acc) => run(&mut acc),
             Err(_) => run(&mut Vec::new()),

@@ -107,6 +107,60 @@ fn attention_decode(c: &mut Criterion) {
     }
 }
 
+/// Softmax of one head's 640 scores (libm-free `scalar::exp`, vectorised by each kernel).
+fn softmax_640(c: &mut Criterion) {
+    let x = floats(640, 12)
+        .iter()
+        .map(|v| v * 8.0)
+        .collect::<Vec<f32>>();
+    let mut g = c.benchmark_group("softmax_640");
+    for k in Kernel::available() {
+        g.bench_function(BenchmarkId::from_parameter(k.name()), |b| {
+            b.iter(|| {
+                let mut y = x.clone();
+                attention::softmax(k, &mut y);
+                y
+            })
+        });
+    }
+}
+
+/// A decode step's attention over the whole 2B4T cache at 640 positions in f16 (30 layers × 5 KV
+/// heads, 49 MB: more than the last-level cache, as in decode, where the weights stream in between),
+/// one thread, every query head of every layer in the order decode visits them.
+fn attention_all_layers(c: &mut Criterion) {
+    let (d, n, layers, kv_heads, group) = (128, 640, 30, 5, 4);
+    let cache: Vec<(Vec<f16>, Vec<f16>)> = (0..layers * kv_heads)
+        .map(|i| {
+            let kv = |seed| {
+                floats(n * d, seed)
+                    .iter()
+                    .map(|&x| f16::from_f32(x))
+                    .collect()
+            };
+            (kv(10 + 2 * i as u64), kv(11 + 2 * i as u64))
+        })
+        .collect();
+    let q = floats(group * d, 3);
+    let mut g = c.benchmark_group("attention_30_layers_640_f16");
+    g.sample_size(20);
+    g.throughput(Throughput::Bytes((cache.len() * 2 * n * d * 2) as u64));
+    for k in Kernel::available() {
+        let (mut s, mut o) = (vec![0.0f32; 2 * n], vec![0.0f32; group * d]);
+        g.bench_function(BenchmarkId::from_parameter(k.name()), |b| {
+            b.iter(|| {
+                for (kc, vc) in &cache {
+                    for (qh, oh) in q.chunks(2 * d).zip(o.chunks_mut(2 * d)) {
+                        attention::scores(k, qh, d, kc, 0.1, &mut s);
+                        s.chunks_exact_mut(n).for_each(|r| attention::softmax(k, r));
+                        attention::weighted_sum(k, &s, vc, d, oh);
+                    }
+                }
+            })
+        });
+    }
+}
+
 /// A slice of the 2B4T output head (16384 of its 128256 rows, so it stays in cache: the kernels'
 /// own speed, not the memory's) for one token, in each quantised format.
 fn head_decode(c: &mut Criterion) {
@@ -142,6 +196,8 @@ criterion_group!(
     ternary_decode,
     ternary_decode_from_memory,
     attention_decode,
+    softmax_640,
+    attention_all_layers,
     head_decode
 );
 criterion_main!(benches);

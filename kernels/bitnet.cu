@@ -268,7 +268,7 @@ __device__ float dot8(const float *a, const float *b, int n) {
 }
 
 // exp rounded from double: the correctly rounded value in all but vanishingly rare cases, which
-// is what the CPU's libm expf returns too, so both sides agree bit for bit.
+// is what the CPU's scalar::exp computes too, so both sides agree bit for bit.
 __device__ __forceinline__ float exp_cr(float x) { return (float)exp((double)x); }
 
 // Causal GQA attention for n new queries at positions past..past+n-1 (past read from device

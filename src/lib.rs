@@ -127,7 +127,7 @@ struct ModelInner {
     eos_token: Option<String>,
     source: Source,
     fingerprint: u64,
-    pool: rayon::ThreadPool,
+    pool: kernels::pool::Pool,
 }
 
 /// A loaded model: immutable, cheap to clone (reference counted), shareable across threads and
@@ -178,7 +178,10 @@ impl Model {
     /// session states move between the two forms of one model).
     fn load_source(src: Source, print: Option<u64>, params: &ModelParams) -> Result<Model> {
         let kernel = kernels::Kernel::select(params.kernel)?;
-        let (weights, computed) = loader::load_weights(&src)?;
+        // Loading repacks and quantises in parallel on the model's own threads.
+        let pool = kernels::pool::Pool::new(params.n_threads)
+            .map_err(|e| Error::internal(format!("thread pool: {e}")))?;
+        let (weights, computed) = pool.install(|| loader::load_weights(&src))?;
         let fingerprint = print.unwrap_or(computed);
         let tokenizer = Tokenizer::from_source(&src)?;
         let cfg = &weights.config;
@@ -202,11 +205,6 @@ impl Model {
         }
         stop_tokens.sort_unstable();
         stop_tokens.dedup();
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(params.n_threads)
-            .thread_name(|i| format!("bit-ttt-{i}"))
-            .build()
-            .map_err(|e| Error::internal(format!("thread pool: {e}")))?;
         log::log(log::Level::Info, || {
             format!(
                 "loaded {}: {} layers, hidden {}, vocab {}; kernel {}, {} threads",
@@ -215,13 +213,13 @@ impl Model {
                 cfg.hidden_size,
                 cfg.vocab_size,
                 kernel.name(),
-                pool.current_num_threads()
+                pool.n_threads()
             )
         });
         Ok(Model(Arc::new(ModelInner {
             bos_token: tokenizer.bos_token.clone(),
             eos_token: tokenizer.eos_token.clone(),
-            transformer: Transformer::new(weights, kernel, params.head),
+            transformer: pool.install(|| Transformer::new(weights, kernel, params.head)),
             tokenizer,
             stop_tokens,
             source: src,
@@ -256,7 +254,7 @@ impl Model {
 
     /// Number of worker threads the model computes with.
     pub fn n_threads(&self) -> usize {
-        self.0.pool.current_num_threads()
+        self.0.pool.n_threads()
     }
 
     /// Token ids of `text`; `add_special` adds what the tokenizer adds by default (BOS).
@@ -366,7 +364,7 @@ impl Model {
         &self.0.tokenizer
     }
     /// Runs `f` on the model's worker pool.
-    pub(crate) fn compute<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+    pub(crate) fn compute<R>(&self, f: impl FnOnce() -> R) -> R {
         self.0.pool.install(f)
     }
 }
@@ -389,7 +387,9 @@ pub fn convert_with_head(
     out: impl AsRef<Path>,
     head: HeadFormat,
 ) -> Result<loader::prepacked::ConvertStats> {
-    loader::prepacked::convert(src.as_ref(), out.as_ref(), head)
+    let pool =
+        kernels::pool::Pool::new(0).map_err(|e| Error::internal(format!("thread pool: {e}")))?;
+    pool.install(|| loader::prepacked::convert(src.as_ref(), out.as_ref(), head))
 }
 
 /// Memory a model folder and one session of `n_ctx` tokens (0 = the model's maximum) will take,

@@ -441,19 +441,18 @@ fn reset_peak_rss() {
 /// Memory read bandwidth with `threads` threads (0 = all cores), in bytes/s: the best of three sums of a
 /// 512 MiB buffer (larger than any cache).
 fn read_bandwidth(threads: usize) -> f64 {
-    use rayon::prelude::*;
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .expect("thread pool");
+    use bit_ttt::kernels::pool;
+    let pool = pool::Pool::new(threads).expect("thread pool");
     let buf: Vec<u64> = (0..(512usize << 20) / 8).map(|i| i as u64).collect();
     (0..3)
         .map(|_| {
             let start = std::time::Instant::now();
             let sum = pool.install(|| {
-                buf.par_chunks(1 << 16)
-                    .map(|c| c.iter().fold(0u64, |s, &x| s.wrapping_add(x)))
-                    .reduce(|| 0, u64::wrapping_add)
+                pool::map(buf.chunks(1 << 16).collect(), |c| {
+                    c.iter().fold(0u64, |s, &x| s.wrapping_add(x))
+                })
+                .into_iter()
+                .fold(0, u64::wrapping_add)
             });
             std::hint::black_box(sum);
             (buf.len() * 8) as f64 / start.elapsed().as_secs_f64()

@@ -117,11 +117,55 @@ pub fn weighted_sum<T: Element>(kernel: Kernel, p: &[f32], v: &[T], d: usize, ou
     }
 }
 
+/// `scalar::softmax` of `x` (same bits), vectorised with the kernel's widest registers.
+pub fn softmax(kernel: Kernel, x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    match kernel {
+        // SAFETY: the kernel was selected only where AVX-512 F (for `Avx512Vnni`) or AVX2 runs.
+        Kernel::Avx512Vnni => return unsafe { x86::softmax_avx512(x) },
+        // SAFETY: as above.
+        Kernel::Avx2 => return unsafe { x86::softmax_avx2(x) },
+        _ => {}
+    }
+    let _ = kernel;
+    scalar::softmax(x)
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
     use super::Element;
+
+    /// # Safety
+    /// AVX-512 F is present.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn softmax_avx512(x: &mut [f32]) {
+        crate::kernels::scalar::softmax_inline(x)
+    }
+
+    /// # Safety
+    /// AVX2 is present.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn softmax_avx2(x: &mut [f32]) {
+        crate::kernels::scalar::softmax_inline(x)
+    }
+
+    /// How many positions ahead the loops ask for keys and values: the cache streams from
+    /// memory during decode (the weights evict it between layers).
+    const AHEAD: usize = 64;
+
+    /// Requests `x[from..from + len]` into L1 (nothing past the end of `x`).
+    #[inline]
+    fn prefetch<T>(x: &[T], from: usize, len: usize) {
+        let end = (from + len).min(x.len());
+        let mut i = from;
+        while i < end {
+            // SAFETY: a prefetch of an address inside `x` (i < x.len()) reads nothing.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(x.as_ptr().add(i).cast()) };
+            i += 64 / size_of::<T>();
+        }
+    }
 
     /// Eight values at `p` as f32.
     ///
@@ -214,6 +258,7 @@ mod x86 {
         let mut j = 0;
         while j + 4 <= n {
             let key = [j, j + 1, j + 2, j + 3].map(|i| &k[i * d..][..d]);
+            prefetch(k, (j + AHEAD) * d, 4 * d);
 
             // SAFETY: every query and key slice holds d >= 8 * chunks values.
             let acc = unsafe { dot_lanes(qp, key.map(<[T]>::as_ptr), chunks) };
@@ -265,42 +310,47 @@ mod x86 {
         }
     }
 
-    /// `out_g[c0..c0 + 8 * cols] += p_g[j] · V_j[c0..]` for G heads from `g0`, in order of j,
-    /// up to C vectors of each head's columns kept in registers.
+    /// `out_g[c0..c0 + 8 * C] += p_g[j] · V_j[c0..]` for G heads from `g0`, in order of j, the
+    /// G × C vectors kept in registers (C and G are constants, so the loops unroll and the
+    /// accumulators never touch memory).
     ///
     /// # Safety
-    /// As `weighted_sum_avx2`; `c0 + 8 * cols <= d` and `cols <= C`.
+    /// As `weighted_sum_avx2`; `c0 + 8 * C <= d`.
     #[target_feature(enable = "avx2,f16c")]
     unsafe fn axpy_block<T: Element, const G: usize, const C: usize>(
         p: &[f32],
         v: &[T],
-        (d, g0, c0, cols): (usize, usize, usize, usize),
+        (d, g0, c0): (usize, usize, usize),
         out: &mut [f32],
     ) {
         let n = p.len() / (out.len() / d);
         let mut acc = [[_mm256_setzero_ps(); C]; G];
         for (g, ag) in acc.iter_mut().enumerate() {
-            let o = &out[(g0 + g) * d + c0..][..8 * cols];
-            for (i, a) in ag.iter_mut().enumerate().take(cols) {
+            let o = &out[(g0 + g) * d + c0..][..8 * C];
+            for (i, a) in ag.iter_mut().enumerate() {
                 // SAFETY: 8i + 8 <= o.len().
                 *a = unsafe { _mm256_loadu_ps(o.as_ptr().add(8 * i)) };
             }
         }
+        let probs: [&[f32]; G] = std::array::from_fn(|g| &p[(g0 + g) * n..][..n]);
         for j in 0..n {
-            let row = &v[j * d + c0..][..8 * cols];
-
-            for (g, ag) in acc.iter_mut().enumerate() {
-                let pv = _mm256_set1_ps(p[(g0 + g) * n + j]);
-                for (i, a) in ag.iter_mut().enumerate().take(cols) {
-                    // SAFETY: 8i + 8 <= row.len().
-                    let x = unsafe { load8(row.as_ptr().add(8 * i)) };
+            let row = &v[j * d + c0..][..8 * C];
+            prefetch(v, (j + AHEAD) * d + c0, 8 * C);
+            let mut x = [_mm256_setzero_ps(); C];
+            for (i, x) in x.iter_mut().enumerate() {
+                // SAFETY: 8i + 8 <= row.len().
+                *x = unsafe { load8(row.as_ptr().add(8 * i)) };
+            }
+            for (ag, pg) in acc.iter_mut().zip(probs) {
+                let pv = _mm256_set1_ps(pg[j]);
+                for (a, &x) in ag.iter_mut().zip(&x) {
                     *a = _mm256_add_ps(*a, _mm256_mul_ps(pv, x));
                 }
             }
         }
         for (g, ag) in acc.iter().enumerate() {
-            let o = &mut out[(g0 + g) * d + c0..][..8 * cols];
-            for (i, a) in ag.iter().enumerate().take(cols) {
+            let o = &mut out[(g0 + g) * d + c0..][..8 * C];
+            for (i, a) in ag.iter().enumerate() {
                 // SAFETY: as for the loads.
                 unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(8 * i), *a) };
             }
@@ -314,22 +364,31 @@ mod x86 {
     pub unsafe fn weighted_sum_avx2<T: Element>(p: &[f32], v: &[T], d: usize, out: &mut [f32]) {
         let heads = out.len() / d;
         let mut g = 0;
-        while g < heads {
-            // Two heads × 32 columns, or one head × 64: eight accumulators either way.
-            if g + 2 <= heads {
-                for c0 in (0..d).step_by(32) {
-                    let cols = (d - c0).min(32) / 8;
-                    // SAFETY: c0 + 8 * cols <= d; rows as the caller guarantees.
-                    unsafe { axpy_block::<T, 2, 4>(p, v, (d, g, c0, cols), out) };
-                }
-                g += 2;
-            } else {
-                for c0 in (0..d).step_by(64) {
-                    let cols = (d - c0).min(64) / 8;
-                    // SAFETY: as above.
-                    unsafe { axpy_block::<T, 1, 8>(p, v, (d, g, c0, cols), out) };
-                }
-                g += 1;
+        // Two heads × 32 columns, or one head × 64: eight accumulators either way; columns
+        // left over (d not a multiple of 32 or 64) one vector at a time.
+        while g + 2 <= heads {
+            let mut c0 = 0;
+            while c0 + 32 <= d {
+                // SAFETY: c0 + 32 <= d; rows as the caller guarantees.
+                unsafe { axpy_block::<T, 2, 4>(p, v, (d, g, c0), out) };
+                c0 += 32;
+            }
+            for c0 in (c0..d).step_by(8) {
+                // SAFETY: c0 + 8 <= d (d is a multiple of 8).
+                unsafe { axpy_block::<T, 2, 1>(p, v, (d, g, c0), out) };
+            }
+            g += 2;
+        }
+        if g < heads {
+            let mut c0 = 0;
+            while c0 + 64 <= d {
+                // SAFETY: as above.
+                unsafe { axpy_block::<T, 1, 8>(p, v, (d, g, c0), out) };
+                c0 += 64;
+            }
+            for c0 in (c0..d).step_by(8) {
+                // SAFETY: as above.
+                unsafe { axpy_block::<T, 1, 1>(p, v, (d, g, c0), out) };
             }
         }
     }
@@ -380,9 +439,16 @@ mod tests {
                     let mut s = vec![0.0; heads * positions];
                     let mut o = values(heads * d, 5);
                     scores(kernel, &q, d, &k, 0.125, &mut s);
+                    let mut probs = s.clone();
+                    probs
+                        .chunks_exact_mut(positions)
+                        .for_each(|r| softmax(kernel, r));
                     weighted_sum(kernel, &p, &v, d, &mut o);
                     let at = format!("{what} {} d={d} heads={heads}", kernel.name());
                     assert_eq!(bits(&s), bits(&want_s), "{at} scores");
+                    let mut want_p = want_s.clone();
+                    want_p.chunks_exact_mut(positions).for_each(scalar::softmax);
+                    assert_eq!(bits(&probs), bits(&want_p), "{at} softmax");
                     assert_eq!(bits(&o), bits(&want_o), "{at} values");
                 }
             }

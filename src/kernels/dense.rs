@@ -2,8 +2,6 @@
 //! bf16 or f16, activations in f32, accumulated in f32. SIMD paths follow the ternary kernel
 //! choice; their sums differ from the scalar loop only by float rounding order.
 
-use rayon::prelude::*;
-
 use super::Kernel;
 use crate::loader::safetensors::DType;
 
@@ -62,33 +60,28 @@ fn dot(kernel: Kernel, dtype: DType, row: &[u8], x: &[f32]) -> f32 {
     dot_portable(dtype, row, x)
 }
 
-/// `out[t][r] = Σ_c W[r][c] · x[t][c]`, rows split across the current rayon pool.
+/// `out[t][r] = Σ_c W[r][c] · x[t][c]`, rows split across the current pool.
 pub fn gemm(kernel: Kernel, w: DenseView, x: &[f32], n_tok: usize, out: &mut [f32]) {
     assert_eq!(x.len(), n_tok * w.cols, "dense gemm: input size");
     assert_eq!(out.len(), n_tok * w.rows, "dense gemm: output size");
-    let per_task = (w.rows / (4 * rayon::current_num_threads())).clamp(16, 1024);
+    let per_task = super::pool::per_task(w.rows, 16, 1024);
     if n_tok == 1 {
-        out.par_chunks_mut(per_task)
-            .enumerate()
-            .for_each(|(i, chunk)| {
-                for (k, o) in chunk.iter_mut().enumerate() {
-                    *o = dot(kernel, w.dtype, w.row(i * per_task + k), x);
-                }
-            });
+        super::pool::chunks_mut(out, per_task, |i, chunk| {
+            for (k, o) in chunk.iter_mut().enumerate() {
+                *o = dot(kernel, w.dtype, w.row(i * per_task + k), x);
+            }
+        });
         return;
     }
     let mut row_major = vec![0.0f32; out.len()];
-    row_major
-        .par_chunks_mut(per_task * n_tok)
-        .enumerate()
-        .for_each(|(i, chunk)| {
-            for (k, o) in chunk.chunks_exact_mut(n_tok).enumerate() {
-                let row = w.row(i * per_task + k);
-                for (t, v) in o.iter_mut().enumerate() {
-                    *v = dot(kernel, w.dtype, row, &x[t * w.cols..(t + 1) * w.cols]);
-                }
+    super::pool::chunks_mut(&mut row_major, per_task * n_tok, |i, chunk| {
+        for (k, o) in chunk.chunks_exact_mut(n_tok).enumerate() {
+            let row = w.row(i * per_task + k);
+            for (t, v) in o.iter_mut().enumerate() {
+                *v = dot(kernel, w.dtype, row, &x[t * w.cols..(t + 1) * w.cols]);
             }
-        });
+        }
+    });
     for (r, vals) in row_major.chunks_exact(n_tok).enumerate() {
         for (t, v) in vals.iter().enumerate() {
             out[t * w.rows + r] = *v;

@@ -6,8 +6,6 @@
 //! kernel follows: group g adds `d_g · s_g` (multiply, then add) into lane `g % 16` of sixteen
 //! f32 lanes, which are then summed by `sum_lanes`. So SIMD and portable results are bit-identical.
 
-use rayon::prelude::*;
-
 use super::Kernel;
 use super::dense::DenseView;
 use crate::loader::bytes::Bytes;
@@ -43,13 +41,20 @@ impl Int4Matrix {
         let (row_bytes, gp) = (groups * GROUP / 2, padded(groups));
         let mut nibbles = vec![0x88u8; m.rows * row_bytes];
         let mut scales = vec![0f32; m.rows * gp];
-        nibbles
-            .par_chunks_mut(row_bytes)
-            .zip(scales.par_chunks_mut(gp))
+        const ROWS_PER_TASK: usize = 64;
+        let tasks: Vec<_> = nibbles
+            .chunks_mut(ROWS_PER_TASK * row_bytes)
+            .zip(scales.chunks_mut(ROWS_PER_TASK * gp))
             .enumerate()
-            .for_each(|(r, (out, sc))| {
-                let mut vals = vec![0f32; groups * GROUP];
-                m.row_into(r, &mut vals[..m.cols]);
+            .collect();
+        super::pool::for_each(tasks, |(i, (outs, scs))| {
+            let mut vals = vec![0f32; groups * GROUP];
+            for (k, (out, sc)) in outs
+                .chunks_exact_mut(row_bytes)
+                .zip(scs.chunks_exact_mut(gp))
+                .enumerate()
+            {
+                m.row_into(i * ROWS_PER_TASK + k, &mut vals[..m.cols]);
                 for (v, (o, d)) in vals
                     .chunks_exact(GROUP)
                     .zip(out.chunks_exact_mut(GROUP / 2).zip(sc.iter_mut()))
@@ -61,7 +66,8 @@ impl Int4Matrix {
                         *o = (l + 8) as u8 | ((h + 8) as u8) << 4;
                     }
                 }
-            });
+            }
+        });
         Self {
             rows: m.rows,
             cols: m.cols,
@@ -222,10 +228,12 @@ pub fn gemm(kernel: Kernel, m: &Int4Matrix, x: &[f32], n_tok: usize, out: &mut [
     for (xt, ot) in x.chunks_exact(m.cols).zip(out.chunks_exact_mut(m.rows)) {
         let inv = 1.0 / quant::quantize_activations(xt, &mut q);
         let input = Int4Input::new(&q, m.groups);
-        ot.par_iter_mut()
-            .enumerate()
-            .with_min_len(256)
-            .for_each(|(r, o)| *o = dot(kernel, m, r, &input) * inv);
+        let per_task = super::pool::per_task(m.rows, 256, 4096);
+        super::pool::chunks_mut(ot, per_task, |i, o| {
+            for (k, o) in o.iter_mut().enumerate() {
+                *o = dot(kernel, m, i * per_task + k, &input) * inv;
+            }
+        });
     }
 }
 

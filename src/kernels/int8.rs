@@ -2,8 +2,6 @@
 //! token, exact int32 dot products. Half the bytes of bf16 per decode step, for a small
 //! accuracy cost measured by tests/head_int8.rs and reported by `bit-ttt bench`.
 
-use rayon::prelude::*;
-
 use super::Kernel;
 use super::dense::DenseView;
 use crate::loader::bytes::Bytes;
@@ -29,16 +27,22 @@ impl Int8Matrix {
     pub fn from_dense(m: DenseView) -> Self {
         let cols_padded = Self::padded_cols(m.cols);
         let mut w = vec![0i8; m.rows * cols_padded];
-        let row_scale = w
-            .par_chunks_mut(cols_padded)
+        const ROWS_PER_TASK: usize = 64;
+        let tasks: Vec<_> = w
+            .chunks_mut(ROWS_PER_TASK * cols_padded)
             .enumerate()
-            .map(|(r, out)| {
-                let mut vals = vec![0f32; m.cols];
-                m.row_into(r, &mut vals);
-                let s = quant::quantize_activations(&vals, &mut out[..m.cols]);
-                1.0 / s
-            })
             .collect();
+        let row_scale = super::pool::map(tasks, |(i, rows)| {
+            let mut vals = vec![0f32; m.cols];
+            rows.chunks_exact_mut(cols_padded)
+                .enumerate()
+                .map(|(k, out)| {
+                    m.row_into(i * ROWS_PER_TASK + k, &mut vals);
+                    1.0 / quant::quantize_activations(&vals, &mut out[..m.cols])
+                })
+                .collect::<Vec<f32>>()
+        })
+        .concat();
         Self {
             rows: m.rows,
             cols: m.cols,
@@ -113,13 +117,13 @@ pub fn gemm(kernel: Kernel, m: &Int8Matrix, x: &[f32], n_tok: usize, out: &mut [
         .collect();
     for t in 0..n_tok {
         let qt = &q[t * m.cols_padded..(t + 1) * m.cols_padded];
-        out[t * m.rows..(t + 1) * m.rows]
-            .par_iter_mut()
-            .enumerate()
-            .with_min_len(256)
-            .for_each(|(r, o)| {
+        let per_task = super::pool::per_task(m.rows, 256, 4096);
+        super::pool::chunks_mut(&mut out[t * m.rows..][..m.rows], per_task, |i, o| {
+            for (k, o) in o.iter_mut().enumerate() {
+                let r = i * per_task + k;
                 *o = dot(kernel, m.row(r), qt) as f32 * (m.row_scale[r] * inv[t]);
-            });
+            }
+        });
     }
 }
 

@@ -11,12 +11,11 @@ pub mod int8;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
 pub mod packed;
+pub mod pool;
 pub mod scalar;
 pub mod transposed;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
-
-use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use packed::{PackedTernary, QuantizedRows};
@@ -142,7 +141,7 @@ impl Kernel {
     }
 
     /// `acc[r][t] = Σ_c T[r][c] · q[t][c]` (row-major `[rows][n_tok]`), rows split across the
-    /// current rayon pool.
+    /// current pool.
     pub fn ternary_gemm(self, w: &PackedTernary, x: &QuantizedRows, acc: &mut [i32]) {
         self.ternary_gemm_many(&[w], x, &mut [acc]);
     }
@@ -156,7 +155,7 @@ impl Kernel {
         accs: &mut [&mut [i32]],
     ) {
         assert_eq!(ws.len(), accs.len(), "ternary_gemm_many: outputs");
-        let threads = rayon::current_num_threads();
+        let threads = pool::current_num_threads();
         let mut tasks = Vec::new();
         for (w, acc) in ws.iter().zip(accs.iter_mut()) {
             assert_eq!(acc.len(), w.rows * x.n_tok, "ternary_gemm: output size");
@@ -178,9 +177,7 @@ impl Kernel {
                     .map(|(i, chunk)| (*w, i * per_task, chunk)),
             );
         }
-        tasks
-            .into_par_iter()
-            .for_each(|(w, r0, chunk)| self.run(w, x, r0, chunk));
+        pool::for_each(tasks, |(w, r0, chunk)| self.run(w, x, r0, chunk));
     }
 }
 

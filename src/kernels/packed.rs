@@ -9,8 +9,6 @@
 //! Codes are unsigned, so a kernel computes Σ code·q and subtracts Σ q (computed once per
 //! token): Σ (t+1)·q − Σ q = Σ t·q, exactly.
 
-use rayon::prelude::*;
-
 use crate::loader::bytes::Bytes;
 use crate::quant;
 
@@ -42,9 +40,10 @@ impl PackedTernary {
         let row_bytes = cols_padded / 4;
         // Code 1 (weight 0) in padding, so padding columns are zero weights.
         let mut data = vec![0u8; rows * row_bytes];
-        data.par_chunks_mut(row_bytes)
-            .enumerate()
-            .for_each(|(r, row)| {
+        const ROWS_PER_TASK: usize = 64;
+        super::pool::chunks_mut(&mut data, ROWS_PER_TASK * row_bytes, |i, rows| {
+            for (k, row) in rows.chunks_exact_mut(row_bytes).enumerate() {
+                let r = i * ROWS_PER_TASK + k;
                 let (src, shift) = (
                     &hf[(r % slab) * cols..(r % slab + 1) * cols],
                     2 * (r / slab),
@@ -57,7 +56,8 @@ impl PackedTernary {
                             code(c) | code(c + 64) << 2 | code(c + 128) << 4 | code(c + 192) << 6;
                     }
                 }
-            });
+            }
+        });
         Self {
             rows,
             cols,
@@ -85,16 +85,22 @@ impl QuantizedRows {
         let cols = x.len() / n_tok;
         let cols_padded = cols.div_ceil(BLOCK) * BLOCK;
         let mut q = vec![0i8; n_tok * cols_padded];
-        // Tokens are independent: a prompt's are quantised in parallel.
-        let (scales, sums): (Vec<f32>, Vec<i32>) = x
-            .par_chunks_exact(cols)
-            .zip(q.par_chunks_exact_mut(cols_padded))
-            .with_min_len(16)
-            .map(|(xr, qr)| {
-                let s = quant::quantize_activations(xr, &mut qr[..cols]);
-                (s, qr.iter().map(|&v| i32::from(v)).sum::<i32>())
-            })
-            .unzip();
+        // Tokens are independent: a prompt's are quantised in parallel, 16 to a task.
+        const TOKENS_PER_TASK: usize = 16;
+        let tasks: Vec<(&[f32], &mut [i8])> = x
+            .chunks(TOKENS_PER_TASK * cols)
+            .zip(q.chunks_mut(TOKENS_PER_TASK * cols_padded))
+            .collect();
+        let per_task = super::pool::map(tasks, |(xs, qs)| {
+            xs.chunks_exact(cols)
+                .zip(qs.chunks_exact_mut(cols_padded))
+                .map(|(xr, qr)| {
+                    let s = quant::quantize_activations(xr, &mut qr[..cols]);
+                    (s, qr.iter().map(|&v| i32::from(v)).sum::<i32>())
+                })
+                .collect::<Vec<_>>()
+        });
+        let (scales, sums): (Vec<f32>, Vec<i32>) = per_task.into_iter().flatten().unzip();
         Self {
             n_tok,
             cols,

@@ -1,12 +1,10 @@
 //! Reference kernels: plain loops, exact integer math for the ternary products, f32 for the rest.
-//! Work is split across rayon threads by output row only, which keeps every result identical to
-//! the single-threaded loop.
-
-use rayon::prelude::*;
+//! Work is split across the pool's threads by output row only, which keeps every result
+//! identical to the single-threaded loop.
 
 use crate::quant::packed_value;
 
-/// Rows per rayon task: enough work to amortise scheduling.
+/// Rows per task: enough work to amortise scheduling.
 const ROWS_PER_TASK: usize = 64;
 
 /// `acc[t][r] = Σ_c T[r][c] · q[t][c]` for a ternary matrix `[rows, cols]` in the Hugging Face
@@ -24,26 +22,22 @@ pub fn ternary_gemm(
     assert_eq!(q.len(), n_tok * cols, "ternary_gemm: activation size");
     assert_eq!(acc.len(), n_tok * rows, "ternary_gemm: output size");
     // Output is token-major; parallelise over row blocks and scatter per token.
-    let blocks: Vec<(usize, Vec<i32>)> = (0..rows)
-        .step_by(ROWS_PER_TASK)
-        .collect::<Vec<_>>()
-        .into_par_iter()
-        .map(|r0| {
-            let r1 = (r0 + ROWS_PER_TASK).min(rows);
-            let mut out = vec![0i32; (r1 - r0) * n_tok];
-            for r in r0..r1 {
-                for t in 0..n_tok {
-                    let qt = &q[t * cols..(t + 1) * cols];
-                    let mut sum = 0i32;
-                    for (c, &x) in qt.iter().enumerate() {
-                        sum += i32::from(packed_value(packed, slab, cols, r, c)) * i32::from(x);
-                    }
-                    out[(r - r0) * n_tok + t] = sum;
+    let starts: Vec<usize> = (0..rows).step_by(ROWS_PER_TASK).collect();
+    let blocks: Vec<(usize, Vec<i32>)> = super::pool::map(starts, |r0| {
+        let r1 = (r0 + ROWS_PER_TASK).min(rows);
+        let mut out = vec![0i32; (r1 - r0) * n_tok];
+        for r in r0..r1 {
+            for t in 0..n_tok {
+                let qt = &q[t * cols..(t + 1) * cols];
+                let mut sum = 0i32;
+                for (c, &x) in qt.iter().enumerate() {
+                    sum += i32::from(packed_value(packed, slab, cols, r, c)) * i32::from(x);
                 }
+                out[(r - r0) * n_tok + t] = sum;
             }
-            (r0, out)
-        })
-        .collect();
+        }
+        (r0, out)
+    });
     for (r0, out) in blocks {
         let n = out.len() / n_tok;
         for i in 0..n {
@@ -69,7 +63,7 @@ pub fn ternary_gemm_t(
     assert_eq!(packed.len(), slab * cols, "ternary_gemm_t: packed size");
     assert_eq!(dy.len(), n_tok * rows, "ternary_gemm_t: dy size");
     assert_eq!(dx.len(), n_tok * cols, "ternary_gemm_t: dx size");
-    dx.par_chunks_mut(cols).enumerate().for_each(|(t, out)| {
+    super::pool::chunks_mut(dx, cols, |t, out| {
         for (c, o) in out.iter_mut().enumerate() {
             let mut sum = 0.0f32;
             for r in 0..rows {
@@ -128,21 +122,78 @@ pub fn rope_half_split(x: &mut [f32], cos: &[f32], sin: &[f32]) {
     }
 }
 
-/// In-place softmax over a row, max-subtracted for stability.
+/// In-place softmax over a row, max-subtracted for stability: exponentials by `exp`, summed
+/// in order, then scaled by the sum's inverse. `attention::softmax` runs the same operations
+/// vectorised.
 pub fn softmax(x: &mut [f32]) {
+    softmax_inline(x)
+}
+
+/// `softmax`'s body, inlined into the SIMD builds of it (`#[target_feature]` callers), where the
+/// max, the exponentials and the scaling vectorise; the sum stays a serial chain in order.
+#[inline(always)]
+pub(crate) fn softmax_inline(x: &mut [f32]) {
     let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let mut sum = 0.0f32;
     for v in x.iter_mut() {
-        // expf is exactly 0 below ln(2^-150) ≈ -103.97, but reaches it through libm's slow
-        // underflow path (errno): long contexts have many such scores.
+        // exp is exactly 0 below ln(2^-150) ≈ -103.97 (-inf - max included).
         let e = *v - max;
-        *v = if e < -104.0 { 0.0 } else { e.exp() };
-        sum += *v;
+        *v = if e < -104.0 { 0.0 } else { exp(e) };
     }
+    let sum = x.iter().fold(0.0f32, |s, &v| s + v);
     let inv = 1.0 / sum;
     for v in x.iter_mut() {
         *v *= inv;
     }
+}
+
+/// e^x rounded once from an f64 evaluation (|error| < 2^-50 relative before rounding): the
+/// correctly rounded f32 unless e^x lies that close to a midpoint between two floats, as for
+/// libm's expf and the CUDA kernels' `(float)exp((double)x)`, so all three agree but for such
+/// vanishingly rare inputs. Only f64 adds, multiplies and bit operations, no call and no
+/// table: a loop of it vectorises, and every build computes the same bits.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    const LOG2_E: f64 = std::f64::consts::LOG2_E;
+    // ln 2 split so that k · LN2_HI is exact for |k| < 2^20.
+    const LN2_HI: f64 = 0.693_147_180_369_123_8;
+    const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
+    // Adding 1.5 · 2^52 rounds to an integer (to even), which the low bits of the sum then hold.
+    const ROUND: f64 = 6_755_399_441_055_744.0;
+    // Beyond these e^x is 0 or +inf in f32; clamping keeps 2^k a normal f64. NaN passes.
+    let x = if x < -104.0 {
+        -104.0
+    } else if x > 89.0 {
+        89.0
+    } else {
+        f64::from(x)
+    };
+    let t = x * LOG2_E + ROUND;
+    let k = t - ROUND;
+    let r = (x - k * LN2_HI) - k * LN2_LO;
+    // e^r for |r| <= ln2 / 2 by its Taylor series to r^13 (remainder < 2^-57).
+    const C: [f64; 14] = [
+        1.0,
+        1.0,
+        1.0 / 2.0,
+        1.0 / 6.0,
+        1.0 / 24.0,
+        1.0 / 120.0,
+        1.0 / 720.0,
+        1.0 / 5040.0,
+        1.0 / 40320.0,
+        1.0 / 362_880.0,
+        1.0 / 3_628_800.0,
+        1.0 / 39_916_800.0,
+        1.0 / 479_001_600.0,
+        1.0 / 6_227_020_800.0,
+    ];
+    let mut p = C[13];
+    for &c in C[..13].iter().rev() {
+        p = p * r + c;
+    }
+    // 2^k from k's low bits in t (k + 1023 stays within 1..=2046 after the clamp).
+    let two_k = f64::from_bits(t.to_bits().wrapping_add(1023) << 52);
+    (p * two_k) as f32
 }
 
 #[cfg(test)]
@@ -196,6 +247,39 @@ mod tests {
         rope_half_split(&mut x, &[0.0, 1.0], &[1.0, 0.0]);
         // pair (1,3) rotated by 90°: (−3, 1); pair (2,4) unrotated.
         assert_eq!(x, [-3.0, 2.0, 1.0, 4.0]);
+    }
+
+    /// `exp` against f64's exp rounded once to f32 (what the CUDA kernels compute, and the
+    /// correctly rounded value but for vanishingly rare inputs) on every 61st float from -110
+    /// to 90 (~37 million inputs) and the edges: equal but for at most a handful; and within
+    /// one unit in the last place of libm's expf (which is not correctly rounded: it differs
+    /// from the f64 value on ~1 input in 13,000).
+    #[test]
+    fn exp_is_f64_exp_rounded_once() {
+        let (mut n, mut differ) = (0u64, 0u64);
+        let mut check = |x: f32| {
+            let (got, want) = (exp(x), f64::from(x).exp() as f32);
+            n += 1;
+            differ += u64::from(got.to_bits() != want.to_bits());
+            let ulps = (got.to_bits() as i64 - x.exp().to_bits() as i64).abs();
+            assert!(ulps <= 1, "exp({x:e}) = {got:e}, expf {:e}", x.exp());
+        };
+        // Negative floats: bits from 0x8000_0000 up to -110's; positive: 0 up to 90's.
+        ((-0.0f32).to_bits()..=(-110.0f32).to_bits())
+            .step_by(61)
+            .for_each(|b| check(f32::from_bits(b)));
+        (0..=90.0f32.to_bits())
+            .step_by(61)
+            .for_each(|b| check(f32::from_bits(b)));
+        for x in [
+            0.0, 1.0, -1.0, 88.72, 88.73, 89.5, -87.3, -103.9, -104.5, -1e-30,
+        ] {
+            check(x);
+        }
+        assert!(n > 30_000_000 && differ <= 4, "{differ} of {n} differ");
+        assert_eq!(exp(f32::INFINITY), f32::INFINITY);
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert!(exp(f32::NAN).is_nan());
     }
 
     #[test]

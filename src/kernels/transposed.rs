@@ -7,8 +7,6 @@
 //! Every product is exact (dy · ±1 or 0), and each output sums its rows in ascending order from
 //! zero before being added to `dx`, so every path equals the scalar oracle bit for bit.
 
-use rayon::prelude::*;
-
 use super::Kernel;
 use super::packed::{BLOCK, BLOCK_BYTES, PackedTernary};
 
@@ -73,15 +71,12 @@ impl Kernel {
             .step_by(TOKENS)
             .flat_map(|t0| (0..blocks).map(move |b| (t0, b)))
             .collect();
-        let done: Vec<(usize, usize, Vec<f32>)> = tiles
-            .into_par_iter()
-            .map(|(t0, b)| {
-                let n = TOKENS.min(n_tok - t0);
-                let mut acc = vec![0.0f32; n * BLOCK];
-                self.tile_t(w, dy, t0, b, &mut acc);
-                (t0, b, acc)
-            })
-            .collect();
+        let done: Vec<(usize, usize, Vec<f32>)> = super::pool::map(tiles, |(t0, b)| {
+            let n = TOKENS.min(n_tok - t0);
+            let mut acc = vec![0.0f32; n * BLOCK];
+            self.tile_t(w, dy, t0, b, &mut acc);
+            (t0, b, acc)
+        });
         for (t0, b, acc) in done {
             let c0 = b * BLOCK;
             let width = BLOCK.min(w.cols - c0);

@@ -1,8 +1,6 @@
 //! The forward pass: embeddings → blocks (causal GQA attention with a KV cache, GLU feed-forward)
 //! → final norm → output head. A prompt is processed as one batch of tokens.
 
-use rayon::prelude::*;
-
 use super::Weights;
 use super::kv_cache::{Heads, KvCache};
 use super::linear::{Activations, Linear};
@@ -13,7 +11,7 @@ use crate::HeadFormat;
 use crate::config::Activation;
 use crate::error::{Error, Result};
 use crate::kernels::attention;
-use crate::kernels::{Kernel, dense, scalar};
+use crate::kernels::{Kernel, dense, pool, scalar};
 use crate::kernels::{int4, int8};
 use crate::loader::heads::{self, StoredHead};
 
@@ -31,11 +29,16 @@ pub struct Transformer {
 
 fn norm_rows(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
     let mut out = vec![0.0; x.len()];
-    // Rows are independent: a prompt's are normed in parallel.
-    x.par_chunks_exact(w.len())
-        .zip(out.par_chunks_exact_mut(w.len()))
-        .with_min_len(16)
-        .for_each(|(xr, or)| scalar::rms_norm(xr, w, eps, or));
+    // Rows are independent: a prompt's are normed in parallel, 16 to a task.
+    let per_task = 16 * w.len();
+    pool::chunks_mut(&mut out, per_task, |i, o| {
+        for (xr, or) in x[i * per_task..]
+            .chunks_exact(w.len())
+            .zip(o.chunks_exact_mut(w.len()))
+        {
+            scalar::rms_norm(xr, w, eps, or);
+        }
+    });
     out
 }
 
@@ -242,18 +245,23 @@ impl Transformer {
                 scale,
                 [on.then_some(u_gate), on.then_some(u_up)],
             );
-            let m: Vec<f32> = gate
-                .par_iter()
-                .zip(&up)
-                .with_min_len(1 << 14)
-                .map(|(&g, &u)| match cfg.activation {
-                    Activation::Relu2 => {
+            let mut m = vec![0.0f32; gate.len()];
+            const GLU_TASK: usize = 1 << 14;
+            pool::chunks_mut(&mut m, GLU_TASK, |i, o| {
+                let (g, u) = (&gate[i * GLU_TASK..], &up[i * GLU_TASK..]);
+                let pairs = o.iter_mut().zip(g).zip(u);
+                // One loop per activation: with the match inside, the compiler computed both
+                // arms (exp included) for every element and selected one.
+                match cfg.activation {
+                    Activation::Relu2 => pairs.for_each(|((o, &g), &u)| {
                         let r = g.max(0.0);
-                        r * r * u
+                        *o = r * r * u;
+                    }),
+                    Activation::Silu => {
+                        pairs.for_each(|((o, &g), &u)| *o = g / (1.0 + (-g).exp()) * u)
                     }
-                    Activation::Silu => g / (1.0 + (-g).exp()) * u,
-                })
-                .collect();
+                }
+            });
             let m_n = match &layer.ffn_sub_norm {
                 Some(w) => norm_rows(&m, w, cfg.rms_norm_eps),
                 None => m.clone(),
@@ -372,17 +380,18 @@ impl Transformer {
         // once for both, and a decode step still has enough tasks to balance the threads. The
         // tasks are independent, so the split does not change the result.
         let pair = if group.is_multiple_of(2) { 2 } else { 1 };
-        out.par_chunks_mut(pair * d)
-            .enumerate()
-            .for_each_init(Vec::new, |scores, (i, oh)| {
-                let (t, h) = (i / (heads / pair), (i % (heads / pair)) * pair);
-                let (visible, kv) = (past + t + 1, h / group);
-                let qh = &q[(t * heads + h) * d..][..pair * d];
-                scores.resize(pair * visible, 0.0);
-                attention::scores(self.kernel, qh, d, &k[kv], scale, scores);
-                scores.chunks_exact_mut(visible).for_each(scalar::softmax);
-                attention::weighted_sum(self.kernel, scores, &v[kv], d, oh);
-            });
+        pool::chunks_mut(&mut out, pair * d, |i, oh| {
+            let mut scores = Vec::new();
+            let (t, h) = (i / (heads / pair), (i % (heads / pair)) * pair);
+            let (visible, kv) = (past + t + 1, h / group);
+            let qh = &q[(t * heads + h) * d..][..pair * d];
+            scores.resize(pair * visible, 0.0);
+            attention::scores(self.kernel, qh, d, &k[kv], scale, &mut scores);
+            scores
+                .chunks_exact_mut(visible)
+                .for_each(|row| attention::softmax(self.kernel, row));
+            attention::weighted_sum(self.kernel, &scores, &v[kv], d, oh);
+        });
         out
     }
 }

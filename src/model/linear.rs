@@ -3,11 +3,9 @@
 
 use std::cell::OnceCell;
 
-use rayon::prelude::*;
-
-use crate::kernels::Kernel;
 use crate::kernels::dense::{self, DenseView};
 use crate::kernels::packed::{BLOCK, BLOCK_BYTES, PackedTernary, QuantizedRows};
+use crate::kernels::{Kernel, pool};
 use crate::loader::bytes::Bytes;
 use crate::loader::safetensors::DType;
 
@@ -238,9 +236,8 @@ impl Linear {
             }
         };
         // The accumulators are scratch (every value is written by the kernel): kept per thread
-        // and reused, as a fresh prompt-sized buffer costs a page fault per 4 KiB. A thread
-        // waiting inside the kernel may run another session's forward pass (rayon steals work
-        // while it waits): that one gets a buffer of its own.
+        // and reused, as a fresh prompt-sized buffer costs a page fault per 4 KiB. Should a
+        // forward pass ever run inside another on one thread, the inner one gets its own.
         ACC.with(|cell| match cell.try_borrow_mut() {
             Ok(mut acc) => run(&mut acc),
             Err(_) => run(&mut Vec::new()),
@@ -253,20 +250,18 @@ impl Linear {
         // acc is [rows][n_tok]: transposed in tiles of 16 tokens × 16 rows so that both
         // sides stream through cache (row by row, a prefill touched one line per value),
         // the tokens' tiles in parallel.
-        out.par_chunks_mut(16 * rows)
-            .enumerate()
-            .for_each(|(tb, block)| {
-                let t0 = 16 * tb;
-                for r0 in (0..rows).step_by(16) {
-                    let r1 = (r0 + 16).min(rows);
-                    for (dt, o_row) in block.chunks_exact_mut(rows).enumerate() {
-                        let (t, scale) = (t0 + dt, w.gamma / x.scales[t0 + dt]);
-                        for (r, o) in o_row[r0..r1].iter_mut().enumerate() {
-                            *o = acc[(r0 + r) * n_tok + t] as f32 * scale;
-                        }
+        pool::chunks_mut(out, 16 * rows, |tb, block| {
+            let t0 = 16 * tb;
+            for r0 in (0..rows).step_by(16) {
+                let r1 = (r0 + 16).min(rows);
+                for (dt, o_row) in block.chunks_exact_mut(rows).enumerate() {
+                    let (t, scale) = (t0 + dt, w.gamma / x.scales[t0 + dt]);
+                    for (r, o) in o_row[r0..r1].iter_mut().enumerate() {
+                        *o = acc[(r0 + r) * n_tok + t] as f32 * scale;
                     }
                 }
-            });
+            }
+        });
     }
 }
 

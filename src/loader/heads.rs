@@ -2,6 +2,8 @@
 //! that a model loaded with that head maps it in place instead of quantising the f16/bf16 head
 //! at every load (seconds for a 128k vocabulary, and the whole bf16 head paged in on the way).
 
+use std::borrow::Cow;
+
 use super::safetensors::{DType, TensorStore};
 use crate::HeadFormat;
 use crate::error::{Error, Result};
@@ -28,13 +30,13 @@ impl StoredHead {
     }
 
     /// The bytes of stored tensor `i` of `layout`.
-    pub fn part_bytes(&self, i: usize) -> Vec<u8> {
+    pub fn part_bytes(&self, i: usize) -> Cow<'_, [u8]> {
         let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
         match (self, i) {
-            (StoredHead::Int8(m), 0) => m.w.to_vec(),
-            (StoredHead::Int8(m), _) => f32_bytes(&m.row_scale),
-            (StoredHead::Int4(m), 0) => m.nibbles.to_vec(),
-            (StoredHead::Int4(m), _) => f32_bytes(&m.scales),
+            (StoredHead::Int8(m), 0) => Cow::Borrowed(&m.w[..]),
+            (StoredHead::Int8(m), _) => Cow::Owned(f32_bytes(&m.row_scale)),
+            (StoredHead::Int4(m), 0) => Cow::Borrowed(&m.nibbles[..]),
+            (StoredHead::Int4(m), _) => Cow::Owned(f32_bytes(&m.scales)),
         }
     }
 }

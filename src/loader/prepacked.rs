@@ -4,6 +4,7 @@
 //! in its metadata. Loading it maps the file and uses the weights in place: no repacking, no
 //! second copy.
 
+use std::borrow::Cow;
 use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufWriter, Write};
@@ -56,11 +57,12 @@ struct Planned<'a> {
     name: String,
     dtype: DType,
     shape: Vec<usize>,
-    bytes: Box<dyn Fn() -> Result<Vec<u8>> + 'a>,
+    bytes: Box<dyn Fn() -> Result<Cow<'a, [u8]>> + 'a>,
 }
 
 /// Converts the model folder `src` into a pre-packed file at `out`, one tensor at a time (the
-/// largest tensor is the most held in memory), written to a temporary file and renamed. With
+/// largest repacked matrix, and a quantised head, are the most held in memory; tensors kept as
+/// they are go from the input's mapping to the file), written to a temporary file and renamed. With
 /// `head` int8 or int4 the file also holds the output head quantised that way, which a load
 /// asking for that head then maps instead of quantising it.
 pub fn convert(src: &Path, out: &Path, head: HeadFormat) -> Result<ConvertStats> {
@@ -112,7 +114,7 @@ pub fn convert(src: &Path, out: &Path, head: HeadFormat) -> Result<ConvertStats>
                     dtype: DType::U8,
                     shape: vec![rows, lin.packed.row_bytes()],
                     bytes: Box::new(move || match build_linear(store, cfg, &m2, rows, cols)? {
-                        Linear::Ternary(l) => Ok(l.packed.data.to_vec()),
+                        Linear::Ternary(l) => Ok(Cow::Owned(l.packed.data.to_vec())),
                         Linear::Dense(_) => Err(Error::internal("projection changed kind")),
                     }),
                 });
@@ -121,7 +123,7 @@ pub fn convert(src: &Path, out: &Path, head: HeadFormat) -> Result<ConvertStats>
                     name: format!("{module}.gamma"),
                     dtype: DType::F32,
                     shape: vec![1],
-                    bytes: Box::new(move || Ok(gamma.to_le_bytes().to_vec())),
+                    bytes: Box::new(move || Ok(Cow::Owned(gamma.to_le_bytes().to_vec()))),
                 });
                 continue;
             }
@@ -130,7 +132,8 @@ pub fn convert(src: &Path, out: &Path, head: HeadFormat) -> Result<ConvertStats>
             name: name.to_string(),
             dtype: t.dtype,
             shape: t.shape.clone(),
-            bytes: Box::new(move || Ok(t.data.to_vec())),
+            // Written from the mapping: the embedding (the largest tensor) is never copied.
+            bytes: Box::new(move || Ok(Cow::Borrowed(&t.data[..]))),
         });
     }
 

@@ -238,6 +238,10 @@ struct BenchArgs {
     prompt_tokens: usize,
     #[arg(long, default_value_t = 128)]
     gen_tokens: usize,
+    /// Most prompt tokens computed in one forward pass (the session's n_batch): smaller takes
+    /// less scratch memory.
+    #[arg(long, default_value_t = 512)]
+    batch_size: usize,
     /// Ternary kernel (default: the fastest this CPU runs).
     #[arg(long)]
     kernel: Option<String>,
@@ -499,6 +503,7 @@ fn bench(a: &BenchArgs) -> bit_ttt::Result<()> {
             &model,
             &SessionParams {
                 n_ctx,
+                n_batch: a.batch_size,
                 kv_cache,
                 ..Default::default()
             },

@@ -15,6 +15,7 @@ use bit_ttt::kernels::dense::DenseView;
 use bit_ttt::kernels::int4::{self, Int4Matrix};
 use bit_ttt::kernels::int8::{self, Int8Matrix};
 use bit_ttt::kernels::packed::{PackedTernary, QuantizedRows};
+use bit_ttt::kernels::pool::Pool;
 use bit_ttt::loader::safetensors::DType;
 
 fn noise(n: usize, seed: u64) -> impl Iterator<Item = u64> {
@@ -53,7 +54,8 @@ fn ternary_decode(c: &mut Criterion) {
 }
 
 /// The same product on 133 MB of weights (the 30 FFN up projections of 2B4T stacked): far more
-/// than the caches, so this is the decode kernel against memory bandwidth.
+/// than the caches, so this is the decode kernel against memory bandwidth, on one thread and on
+/// every core.
 fn ternary_decode_from_memory(c: &mut Criterion) {
     let (rows, cols) = (30 * 6912, 2560);
     let t: Vec<i8> = noise(rows * cols, 8).map(|x| (x % 3) as i8 - 1).collect();
@@ -64,13 +66,21 @@ fn ternary_decode_from_memory(c: &mut Criterion) {
     let mut g = c.benchmark_group("ternary_gemv_133MB");
     g.sample_size(20);
     g.throughput(Throughput::Bytes(w.data.len() as u64));
-    for k in Kernel::available()
-        .into_iter()
-        .filter(|k| *k != Kernel::Portable)
-    {
-        g.bench_with_input(BenchmarkId::from_parameter(k.name()), &k, |b, &k| {
-            b.iter(|| k.ternary_gemm(&w, &x, &mut acc))
-        });
+    let all = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for threads in [1, all] {
+        let pool = Pool::new(threads).expect("thread pool");
+        for k in Kernel::available()
+            .into_iter()
+            .filter(|k| *k != Kernel::Portable)
+        {
+            let id = format!("{}_{threads}t", k.name());
+            g.bench_with_input(BenchmarkId::from_parameter(id), &k, |b, &k| {
+                b.iter(|| pool.install(|| k.ternary_gemm(&w, &x, &mut acc)))
+            });
+        }
+        if all == 1 {
+            break;
+        }
     }
 }
 

@@ -155,7 +155,6 @@ impl Kernel {
         accs: &mut [&mut [i32]],
     ) {
         assert_eq!(ws.len(), accs.len(), "ternary_gemm_many: outputs");
-        let threads = pool::current_num_threads();
         let mut tasks = Vec::new();
         for (w, acc) in ws.iter().zip(accs.iter_mut()) {
             assert_eq!(acc.len(), w.rows * x.n_tok, "ternary_gemm: output size");
@@ -168,7 +167,7 @@ impl Kernel {
             // tokens: 64 rows (40 KiB of a 2560-wide matrix) stay in L1 meanwhile, and ran
             // prefill 20-26 % faster than 256 (`bit-ttt bench`, A/B alternated).
             let per_task = match x.n_tok {
-                1 => (w.rows / (4 * threads)).clamp(16, 256),
+                1 => pool::per_task(w.rows, 16, 256),
                 _ => 64,
             };
             tasks.extend(

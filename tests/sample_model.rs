@@ -223,3 +223,42 @@ fn sample_model_writes_words_greedily() {
         out.text
     );
 }
+
+/// Decode steps give the same bits on any number of threads: the attention of one token is
+/// split between the threads by KV head and, depending on the thread count, by columns
+/// (`Transformer::attention_one`; here one KV head of 64 columns, so 2-4 threads split them).
+#[test]
+fn decode_does_not_depend_on_the_thread_count() {
+    let (_, text) = heldout_texts().swap_remove(0);
+    for kv_cache in KvType::ALL {
+        let run = |n_threads: usize| {
+            let params = ModelParams {
+                n_threads,
+                ..Default::default()
+            };
+            let model = Model::load(sample_model(), &params).unwrap();
+            let mut tokens = model.tokenize(&text, true).unwrap();
+            tokens.truncate(48);
+            let params = SessionParams {
+                n_ctx: 64,
+                kv_cache,
+                ..Default::default()
+            };
+            let mut session = Session::new(&model, &params).unwrap();
+            let mut bits: Vec<u32> = Vec::new();
+            session.eval(&tokens[..8]).unwrap();
+            for t in &tokens[8..] {
+                bits.extend(session.eval(&[*t]).unwrap().iter().map(|x| x.to_bits()));
+            }
+            bits
+        };
+        let one = run(1);
+        for n_threads in 2..=4 {
+            assert!(
+                run(n_threads) == one,
+                "{} KV cache: decode on {n_threads} threads differs from one thread",
+                kv_cache.name()
+            );
+        }
+    }
+}

@@ -89,29 +89,44 @@ pub fn scores<T: Element>(
 /// For each head g (`out` holds `out.len() / d` heads): `out_g += Σ_j p[g * n + j] · V_j`
 /// accumulated in order of j, with n = `p.len()` / heads and value j at `v[j * d..][..d]`.
 pub fn weighted_sum<T: Element>(kernel: Kernel, p: &[f32], v: &[T], d: usize, out: &mut [f32]) {
+    weighted_sum_columns(kernel, p, v, d, d, out)
+}
+
+/// `weighted_sum` over `w` of each value row's columns: `v` starts at the first of them (value
+/// j's are `v[j * d..][..w]`) and `out` holds `out.len() / w` heads of `w` columns. Each column
+/// is computed exactly as in `weighted_sum`, so splitting the columns between tasks does not
+/// change the result.
+pub fn weighted_sum_columns<T: Element>(
+    kernel: Kernel,
+    p: &[f32],
+    v: &[T],
+    d: usize,
+    w: usize,
+    out: &mut [f32],
+) {
     assert!(
-        d > 0 && out.len().is_multiple_of(d),
+        w > 0 && w <= d && out.len().is_multiple_of(w),
         "attention values: heads"
     );
-    let heads = out.len() / d;
+    let heads = out.len() / w;
     assert!(
         p.len().is_multiple_of(heads),
         "attention values: probabilities"
     );
     let n = p.len() / heads;
-    assert!(n * d <= v.len(), "attention values");
+    assert!(n == 0 || (n - 1) * d + w <= v.len(), "attention values");
     #[cfg(target_arch = "x86_64")]
-    if d.is_multiple_of(8) && avx2_for::<T>(kernel) {
-        // SAFETY: AVX2 (and F16C for f16) are present (checked); every value row lies within
-        // `v` (asserted above).
-        unsafe { x86::weighted_sum_avx2(p, v, d, out) };
+    if w.is_multiple_of(8) && avx2_for::<T>(kernel) {
+        // SAFETY: AVX2 (and F16C for f16) are present (checked); every value row's `w` columns
+        // lie within `v` (asserted above).
+        unsafe { x86::weighted_sum_avx2(p, v, (d, w), out) };
         return;
     }
     let _ = kernel;
-    let mut row = Vec::with_capacity(d);
+    let mut row = Vec::with_capacity(w);
     for j in 0..n {
-        widen(&v[j * d..][..d], &mut row);
-        for (g, oh) in out.chunks_exact_mut(d).enumerate() {
+        widen(&v[j * d..][..w], &mut row);
+        for (g, oh) in out.chunks_exact_mut(w).enumerate() {
             scalar::axpy(p[g * n + j], &row, oh);
         }
     }
@@ -312,21 +327,21 @@ mod x86 {
 
     /// `out_g[c0..c0 + 8 * C] += p_g[j] · V_j[c0..]` for G heads from `g0`, in order of j, the
     /// G × C vectors kept in registers (C and G are constants, so the loops unroll and the
-    /// accumulators never touch memory).
+    /// accumulators never touch memory). Value rows are `d` apart, output rows `w`.
     ///
     /// # Safety
-    /// As `weighted_sum_avx2`; `c0 + 8 * C <= d`.
+    /// As `weighted_sum_avx2`; `c0 + 8 * C <= w`.
     #[target_feature(enable = "avx2,f16c")]
     unsafe fn axpy_block<T: Element, const G: usize, const C: usize>(
         p: &[f32],
         v: &[T],
-        (d, g0, c0): (usize, usize, usize),
+        (d, w, g0, c0): (usize, usize, usize, usize),
         out: &mut [f32],
     ) {
-        let n = p.len() / (out.len() / d);
+        let n = p.len() / (out.len() / w);
         let mut acc = [[_mm256_setzero_ps(); C]; G];
         for (g, ag) in acc.iter_mut().enumerate() {
-            let o = &out[(g0 + g) * d + c0..][..8 * C];
+            let o = &out[(g0 + g) * w + c0..][..8 * C];
             for (i, a) in ag.iter_mut().enumerate() {
                 // SAFETY: 8i + 8 <= o.len().
                 *a = unsafe { _mm256_loadu_ps(o.as_ptr().add(8 * i)) };
@@ -349,7 +364,7 @@ mod x86 {
             }
         }
         for (g, ag) in acc.iter().enumerate() {
-            let o = &mut out[(g0 + g) * d + c0..][..8 * C];
+            let o = &mut out[(g0 + g) * w + c0..][..8 * C];
             for (i, a) in ag.iter().enumerate() {
                 // SAFETY: as for the loads.
                 unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(8 * i), *a) };
@@ -358,37 +373,42 @@ mod x86 {
     }
 
     /// # Safety
-    /// AVX2 (and F16C for f16) are present; `d` is a multiple of 8; `v` holds
-    /// `p.len() / heads` rows of `d` values.
+    /// AVX2 (and F16C for f16) are present; `w` is a multiple of 8; `v` holds
+    /// `p.len() / heads` rows `d` apart, of which the first `w` values are read.
     #[target_feature(enable = "avx2,f16c")]
-    pub unsafe fn weighted_sum_avx2<T: Element>(p: &[f32], v: &[T], d: usize, out: &mut [f32]) {
-        let heads = out.len() / d;
+    pub unsafe fn weighted_sum_avx2<T: Element>(
+        p: &[f32],
+        v: &[T],
+        (d, w): (usize, usize),
+        out: &mut [f32],
+    ) {
+        let heads = out.len() / w;
         let mut g = 0;
         // Two heads × 32 columns, or one head × 64: eight accumulators either way; columns
-        // left over (d not a multiple of 32 or 64) one vector at a time.
+        // left over (w not a multiple of 32 or 64) one vector at a time.
         while g + 2 <= heads {
             let mut c0 = 0;
-            while c0 + 32 <= d {
-                // SAFETY: c0 + 32 <= d; rows as the caller guarantees.
-                unsafe { axpy_block::<T, 2, 4>(p, v, (d, g, c0), out) };
+            while c0 + 32 <= w {
+                // SAFETY: c0 + 32 <= w; rows as the caller guarantees.
+                unsafe { axpy_block::<T, 2, 4>(p, v, (d, w, g, c0), out) };
                 c0 += 32;
             }
-            for c0 in (c0..d).step_by(8) {
-                // SAFETY: c0 + 8 <= d (d is a multiple of 8).
-                unsafe { axpy_block::<T, 2, 1>(p, v, (d, g, c0), out) };
+            for c0 in (c0..w).step_by(8) {
+                // SAFETY: c0 + 8 <= w (w is a multiple of 8).
+                unsafe { axpy_block::<T, 2, 1>(p, v, (d, w, g, c0), out) };
             }
             g += 2;
         }
         if g < heads {
             let mut c0 = 0;
-            while c0 + 64 <= d {
+            while c0 + 64 <= w {
                 // SAFETY: as above.
-                unsafe { axpy_block::<T, 1, 8>(p, v, (d, g, c0), out) };
+                unsafe { axpy_block::<T, 1, 8>(p, v, (d, w, g, c0), out) };
                 c0 += 64;
             }
-            for c0 in (c0..d).step_by(8) {
+            for c0 in (c0..w).step_by(8) {
                 // SAFETY: as above.
-                unsafe { axpy_block::<T, 1, 1>(p, v, (d, g, c0), out) };
+                unsafe { axpy_block::<T, 1, 1>(p, v, (d, w, g, c0), out) };
             }
         }
     }
@@ -450,6 +470,20 @@ mod tests {
                     want_p.chunks_exact_mut(positions).for_each(scalar::softmax);
                     assert_eq!(bits(&probs), bits(&want_p), "{at} softmax");
                     assert_eq!(bits(&o), bits(&want_o), "{at} values");
+                    // The same columns computed in slices of every width that divides d.
+                    for w in (1..d).filter(|w| d.is_multiple_of(*w)) {
+                        let mut o = vec![0.0; heads * d];
+                        for c0 in (0..d).step_by(w) {
+                            let mut part: Vec<f32> = (0..heads)
+                                .flat_map(|g| values(heads * d, 5)[g * d + c0..][..w].to_vec())
+                                .collect();
+                            weighted_sum_columns(kernel, &p, &v[c0..], d, w, &mut part);
+                            for (g, pg) in part.chunks_exact(w).enumerate() {
+                                o[g * d + c0..][..w].copy_from_slice(pg);
+                            }
+                        }
+                        assert_eq!(bits(&o), bits(&want_o), "{at} values in columns of {w}");
+                    }
                 }
             }
         }

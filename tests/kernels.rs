@@ -3,13 +3,22 @@
 //! activations, one token (decode) and several (prefill). The transposed product of the backward
 //! pass is checked the same way, bit for bit on its f32 outputs.
 
+use std::sync::LazyLock;
+
 use bit_ttt::kernels::Kernel;
 use bit_ttt::kernels::packed::{PackedTernary, QuantizedRows};
+use bit_ttt::kernels::pool::Pool;
 use bit_ttt::kernels::scalar;
 use bit_ttt::quant::pack_ternary;
 use proptest::prelude::*;
 
-/// The oracle's accumulators, token-major, and each kernel's, checked equal.
+/// Pools of 2 and 3 threads: decode on several threads splits the rows into one contiguous share
+/// per thread and streams them one row at a time, on one thread it takes four rows at once.
+static POOLS: LazyLock<Vec<Pool>> =
+    LazyLock::new(|| [2, 3].map(|n| Pool::new(n).expect("thread pool")).into());
+
+/// The oracle's accumulators, token-major, and each kernel's on 1, 2 and 3 threads, checked
+/// equal.
 fn check_all_kernels(
     t: &[i8],
     rows: usize,
@@ -23,18 +32,24 @@ fn check_all_kernels(
     let packed = PackedTernary::from_hf(&hf, rows, cols);
     let x = QuantizedRows::from_int8(q, n_tok);
     for k in Kernel::available() {
-        let mut got = vec![0i32; rows * n_tok];
-        k.ternary_gemm(&packed, &x, &mut got);
-        for r in 0..rows {
-            for tok in 0..n_tok {
-                prop_assert_eq!(
-                    got[r * n_tok + tok],
-                    want[tok * rows + r],
-                    "kernel {} row {} token {}",
-                    k.name(),
-                    r,
-                    tok
-                );
+        for threads in 1..=3 {
+            let mut got = vec![0i32; rows * n_tok];
+            match threads {
+                1 => k.ternary_gemm(&packed, &x, &mut got),
+                n => POOLS[n - 2].install(|| k.ternary_gemm(&packed, &x, &mut got)),
+            }
+            for r in 0..rows {
+                for tok in 0..n_tok {
+                    prop_assert_eq!(
+                        got[r * n_tok + tok],
+                        want[tok * rows + r],
+                        "kernel {} on {} threads, row {} token {}",
+                        k.name(),
+                        threads,
+                        r,
+                        tok
+                    );
+                }
             }
         }
     }

@@ -123,14 +123,15 @@ impl Kernel {
         Ok(k)
     }
 
-    /// One task's rows: `acc` is row-major `[rows][n_tok]` for rows `r0..`.
-    fn run(self, w: &PackedTernary, x: &QuantizedRows, r0: usize, acc: &mut [i32]) {
+    /// One task's rows: `acc` is row-major `[rows][n_tok]` for rows `r0..`. `streamed`: see
+    /// `x86::gemm_avx512_vnni`.
+    fn run(self, w: &PackedTernary, x: &QuantizedRows, r0: usize, acc: &mut [i32], streamed: bool) {
         match self {
             Kernel::Portable => packed::gemm_portable(w, x, r0, acc),
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => x86::gemm_avx2(w, x, r0, acc),
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512Vnni => x86::gemm_avx512_vnni(w, x, r0, acc),
+            Kernel::Avx512Vnni => x86::gemm_avx512_vnni(w, x, r0, acc, streamed),
             #[cfg(target_arch = "aarch64")]
             Kernel::Neon => neon::gemm_neon(w, x, r0, acc),
             #[cfg(target_arch = "aarch64")]
@@ -155,6 +156,8 @@ impl Kernel {
         accs: &mut [&mut [i32]],
     ) {
         assert_eq!(ws.len(), accs.len(), "ternary_gemm_many: outputs");
+        let threads = pool::current_num_threads();
+        let streamed = x.n_tok == 1 && threads > 1;
         let mut tasks = Vec::new();
         for (w, acc) in ws.iter().zip(accs.iter_mut()) {
             assert_eq!(acc.len(), w.rows * x.n_tok, "ternary_gemm: output size");
@@ -162,12 +165,12 @@ impl Kernel {
                 x.cols_padded, w.cols_padded,
                 "ternary_gemm: activation width"
             );
-            // Decode streams the rows once: enough rows per task to amortise scheduling, enough
-            // tasks to balance the threads. A prompt re-reads each task's rows once per block of
-            // tokens: 64 rows (40 KiB of a 2560-wide matrix) stay in L1 meanwhile, and ran
-            // prefill 20-26 % faster than 256 (`bit-ttt bench`, A/B alternated).
+            // Decode on several threads is bound by memory: each thread streams one contiguous
+            // share of the rows, a run the hardware prefetcher follows. A prompt re-reads each
+            // task's rows once per block of tokens: 64 rows (40 KiB of a 2560-wide matrix) stay
+            // in L1 meanwhile, and ran prefill 20-26 % faster than 256.
             let per_task = match x.n_tok {
-                1 => pool::per_task(w.rows, 16, 256),
+                1 => w.rows.div_ceil(threads).max(16),
                 _ => 64,
             };
             tasks.extend(
@@ -176,7 +179,7 @@ impl Kernel {
                     .map(|(i, chunk)| (*w, i * per_task, chunk)),
             );
         }
-        pool::for_each(tasks, |(w, r0, chunk)| self.run(w, x, r0, chunk));
+        pool::for_each(tasks, |(w, r0, chunk)| self.run(w, x, r0, chunk, streamed));
     }
 }
 

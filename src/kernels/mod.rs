@@ -170,7 +170,7 @@ impl Kernel {
             // task's rows once per block of tokens: 64 rows (40 KiB of a 2560-wide matrix) stay
             // in L1 meanwhile, and ran prefill 20-26 % faster than 256.
             let per_task = match x.n_tok {
-                1 => w.rows.div_ceil(threads).max(16),
+                1 => pool::share(w.rows),
                 _ => 64,
             };
             tasks.extend(

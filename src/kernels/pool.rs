@@ -149,6 +149,14 @@ pub fn per_task(n: usize, min: usize, max: usize) -> usize {
     (n / (4 * current_num_threads())).clamp(min, max)
 }
 
+/// How many of `n` items to give each task so that every thread of the current pool gets one
+/// contiguous share: for products that stream their rows from memory once, where one long run
+/// per thread lets the hardware prefetcher follow (the ternary decode product; the output
+/// heads' tasks of 4,096 rows, 5 MB, are long runs already and did not move).
+pub fn share(n: usize) -> usize {
+    n.div_ceil(current_num_threads())
+}
+
 fn current() -> Option<Arc<Shared>> {
     if IN_TASK.with(Cell::get) {
         return None;

@@ -43,12 +43,25 @@ pub(crate) fn round_half_even_small(v: f32) -> f32 {
 /// Writes q and returns s. The output of a BitLinear is then `acc · γ / s`.
 pub fn quantize_activations(x: &[f32], q: &mut [i8]) -> f32 {
     debug_assert_eq!(x.len(), q.len());
-    let max = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    // Sixteen running maxima (the maximum does not depend on the order), so the loop vectorises.
+    let mut lanes = [0.0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (m, v) in lanes.iter_mut().zip(c) {
+            *m = m.max(v.abs());
+        }
+    }
+    let max = tail
+        .iter()
+        .chain(&lanes)
+        .fold(0.0f32, |m, v| m.max(v.abs()));
     let s = 127.0 / max.max(MIN_ABS);
     for (qi, &xi) in q.iter_mut().zip(x) {
         // |x·s| ≤ 127 (up to rounding), far inside the range where the trick is exact; NaN
-        // inputs end as 0 through the saturating cast.
-        *qi = round_half_even_small(xi * s).clamp(-128.0, 127.0) as i8;
+        // inputs end as 0 through the saturating cast. Through i32: the clamped value fits, and
+        // the i32 conversion vectorises where a saturating one to i8 does not.
+        *qi = round_half_even_small(xi * s).clamp(-128.0, 127.0) as i32 as i8;
     }
     s
 }

@@ -126,6 +126,8 @@ impl Kernel {
     /// One task's rows: `acc` is row-major `[rows][n_tok]` for rows `r0..`. `streamed`: see
     /// `x86::gemm_avx512_vnni`.
     fn run(self, w: &PackedTernary, x: &QuantizedRows, r0: usize, acc: &mut [i32], streamed: bool) {
+        // Only the AVX-512 kernel tiles decode rows; the others stream them one at a time anyway.
+        let _ = streamed;
         match self {
             Kernel::Portable => packed::gemm_portable(w, x, r0, acc),
             #[cfg(target_arch = "x86_64")]

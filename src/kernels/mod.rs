@@ -158,8 +158,7 @@ impl Kernel {
         accs: &mut [&mut [i32]],
     ) {
         assert_eq!(ws.len(), accs.len(), "ternary_gemm_many: outputs");
-        let threads = pool::current_num_threads();
-        let streamed = x.n_tok == 1 && threads > 1;
+        let streamed = x.n_tok == 1 && pool::current_num_threads() > 1;
         let mut tasks = Vec::new();
         for (w, acc) in ws.iter().zip(accs.iter_mut()) {
             assert_eq!(acc.len(), w.rows * x.n_tok, "ternary_gemm: output size");

@@ -103,7 +103,7 @@ pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
 /// RMSNorm as transformers computes it: x · rsqrt(mean(x²) + eps) · w, in f32. The mean square
 /// is summed in f64 (each square is exact there) over eight lanes, lane i taking every eighth
 /// value from i, then `dot`'s tree, then the tail in order: a fixed order, so the same bits on
-/// every machine, and no chain of dependent adds (a decode step's norms took 0.5 ms as one).
+/// every machine, and no chain of 2,560-6,912 dependent adds, so that the loop vectorises.
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let mut l = [0f64; 8];
     let chunks = x.chunks_exact(8);

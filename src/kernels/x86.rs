@@ -163,9 +163,9 @@ pub fn gemm_avx2(w: &PackedTernary, x: &QuantizedRows, r0: usize, acc: &mut [i32
 /// this call stream past them. `streamed` (decode on several threads, where memory is the
 /// bound): rows one at a time, one sequential stream instead of four interleaved ones 640
 /// bytes apart. Measured on this project's 2-core Zen 4 (`bit-ttt bench`, alternated rounds):
-/// on two threads one row at a time decoded 41.0 → 44.8 tokens/s while other tenants loaded
-/// the machine's memory (no change when they did not); on one thread the four-row tiles, with
-/// a quarter of the activation loads, stay 8 % faster.
+/// on two threads, with each thread's rows one contiguous share (`pool::share`), decode went
+/// from 41-43 to 48-51 tokens/s while other tenants loaded the machine's memory; on one thread
+/// the four-row tiles, with a quarter of the activation loads, stay 8 % faster.
 pub fn gemm_avx512_vnni(
     w: &PackedTernary,
     x: &QuantizedRows,

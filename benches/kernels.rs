@@ -85,7 +85,7 @@ fn ternary_decode_from_memory(c: &mut Criterion) {
 }
 
 fn attention_decode(c: &mut Criterion) {
-    let (d, n, heads) = (128, 576, 2);
+    let (d, n, heads) = (128, 576, 4);
     let q = floats(heads * d, 3);
     let k32 = floats(n * d, 4);
     let v32 = floats(n * d, 5);
@@ -114,6 +114,12 @@ fn attention_decode(c: &mut Criterion) {
                 attention::weighted_sum(k, &p, &v16, d, &mut o);
             })
         });
+        g.bench_function(BenchmarkId::new("f16_scores", k.name()), |b| {
+            b.iter(|| attention::scores(k, &q, d, &k16, 0.1, &mut s))
+        });
+        g.bench_function(BenchmarkId::new("f16_values", k.name()), |b| {
+            b.iter(|| attention::weighted_sum(k, &p, &v16, d, &mut o))
+        });
     }
 }
 
@@ -137,7 +143,7 @@ fn softmax_640(c: &mut Criterion) {
 
 /// A decode step's attention over the whole 2B4T cache at 640 positions in f16 (30 layers × 5 KV
 /// heads, 49 MB: more than the last-level cache, as in decode, where the weights stream in between),
-/// one thread, every query head of every layer in the order decode visits them.
+/// one thread, the four query heads of each KV head together, as decode visits them.
 fn attention_all_layers(c: &mut Criterion) {
     let (d, n, layers, kv_heads, group) = (128, 640, 30, 5, 4);
     let cache: Vec<(Vec<f16>, Vec<f16>)> = (0..layers * kv_heads)
@@ -156,15 +162,18 @@ fn attention_all_layers(c: &mut Criterion) {
     g.sample_size(20);
     g.throughput(Throughput::Bytes((cache.len() * 2 * n * d * 2) as u64));
     for k in Kernel::available() {
-        let (mut s, mut o) = (vec![0.0f32; 2 * n], vec![0.0f32; group * d]);
+        let (mut s, mut o) = (vec![0.0f32; group * n], vec![0.0f32; group * d]);
         g.bench_function(BenchmarkId::from_parameter(k.name()), |b| {
             b.iter(|| {
-                for (kc, vc) in &cache {
-                    for (qh, oh) in q.chunks(2 * d).zip(o.chunks_mut(2 * d)) {
-                        attention::scores(k, qh, d, kc, 0.1, &mut s);
-                        s.chunks_exact_mut(n).for_each(|r| attention::softmax(k, r));
-                        attention::weighted_sum(k, &s, vc, d, oh);
-                    }
+                for i in 0..cache.len() {
+                    let (kc, vc) = if std::env::var_os("HOT").is_some() {
+                        &cache[0]
+                    } else {
+                        &cache[i]
+                    };
+                    attention::scores(k, &q, d, kc, 0.1, &mut s);
+                    s.chunks_exact_mut(n).for_each(|r| attention::softmax(k, r));
+                    attention::weighted_sum(k, &s, vc, d, &mut o);
                 }
             })
         });

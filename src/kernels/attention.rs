@@ -70,6 +70,13 @@ pub fn scores<T: Element>(
     let n = out.len() / heads;
     assert!(n * d <= k.len(), "attention scores: keys");
     #[cfg(target_arch = "x86_64")]
+    if kernel == Kernel::Avx512Vnni {
+        // SAFETY: the kernel was selected only where AVX-512 F runs (it implies AVX2 and F16C);
+        // every key lies within `k` (asserted above).
+        unsafe { x86::scores_avx512(q, d, k, scale, out) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
     if avx2_for::<T>(kernel) {
         // SAFETY: AVX2 (and F16C for f16) are present (checked); every key lies within `k`
         // (asserted above).
@@ -115,6 +122,12 @@ pub fn weighted_sum_columns<T: Element>(
     );
     let n = p.len() / heads;
     assert!(n == 0 || (n - 1) * d + w <= v.len(), "attention values");
+    #[cfg(target_arch = "x86_64")]
+    if w.is_multiple_of(8) && kernel == Kernel::Avx512Vnni {
+        // SAFETY: AVX-512 F runs where this kernel was selected; rows as asserted above.
+        unsafe { x86::weighted_sum_avx512(p, v, (d, w), out) };
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if w.is_multiple_of(8) && avx2_for::<T>(kernel) {
         // SAFETY: AVX2 (and F16C for f16) are present (checked); every value row's `w` columns
@@ -407,6 +420,259 @@ mod x86 {
                 c0 += 64;
             }
             for c0 in (c0..w).step_by(8) {
+                // SAFETY: as above.
+                unsafe { axpy_block::<T, 1, 1>(p, v, (d, w, g, c0), out) };
+            }
+        }
+    }
+
+    /// Keys `a` and `b`, eight values each, as one register: `a` in the low half. Two keys per
+    /// register keep every lane's sum the oracle's (lane i of key j still adds q[8c + i]·k[8c + i]
+    /// over c in order), which 16 consecutive values of one key would not.
+    ///
+    /// # Safety
+    /// AVX-512 F is present; `a` and `b` have eight readable values.
+    #[target_feature(enable = "avx512f,avx2,f16c")]
+    #[inline]
+    unsafe fn load_pair<T: Element>(a: *const T, b: *const T) -> __m512 {
+        if T::F16 {
+            // SAFETY: eight f16 (16 bytes) at each (caller's contract).
+            let (lo, hi) = unsafe { (_mm_loadu_si128(a.cast()), _mm_loadu_si128(b.cast())) };
+            _mm512_cvtph_ps(_mm256_inserti128_si256::<1>(_mm256_castsi128_si256(lo), hi))
+        } else {
+            // SAFETY: eight f32 at each (caller's contract).
+            let (lo, hi) = unsafe { (_mm256_loadu_ps(a.cast()), _mm256_loadu_ps(b.cast())) };
+            let lo = _mm512_castpd256_pd512(_mm256_castps_pd(lo));
+            _mm512_castpd_ps(_mm512_insertf64x4::<1>(lo, _mm256_castps_pd(hi)))
+        }
+    }
+
+    /// The low and high eight lanes.
+    #[target_feature(enable = "avx512f,avx2,f16c")]
+    #[inline]
+    fn halves(a: __m512) -> [__m256; 2] {
+        let hi = _mm512_extractf64x4_pd::<1>(_mm512_castps_pd(a));
+        [_mm512_castps512_ps256(a), _mm256_castpd_ps(hi)]
+    }
+
+    /// `dot_lanes` of G queries with 2P keys, two keys per register (`keys[i]` holds keys 2i and
+    /// 2i + 1): the lanes of key j are returned at `[g][j]`.
+    ///
+    /// # Safety
+    /// AVX-512 F is present; each query and key has `8 * chunks` readable values.
+    #[target_feature(enable = "avx512f,avx2,f16c")]
+    unsafe fn dot_pairs<T: Element, const G: usize, const P: usize>(
+        qs: [*const f32; G],
+        keys: [[*const T; 2]; P],
+        chunks: usize,
+    ) -> [[[__m256; 2]; P]; G] {
+        let mut acc = [[_mm512_setzero_ps(); P]; G];
+        for c in 0..chunks {
+            // SAFETY: 8c + 8 <= 8 * chunks for every key (caller's contract).
+            let kv = keys.map(|[a, b]| unsafe { load_pair(a.add(8 * c), b.add(8 * c)) });
+            for (ag, q) in acc.iter_mut().zip(qs) {
+                // SAFETY: as above, for the queries.
+                let q8 = unsafe { _mm256_loadu_ps(q.add(8 * c)) };
+                let qv = _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(q8)));
+                for (a, k) in ag.iter_mut().zip(kv) {
+                    *a = _mm512_add_ps(*a, _mm512_mul_ps(qv, k));
+                }
+            }
+        }
+        acc.map(|ag| ag.map(|a| halves(a)))
+    }
+
+    /// `scores_heads` with 2P keys (P even) per step, two per 16-lane register.
+    ///
+    /// # Safety
+    /// As `scores_avx512`.
+    #[target_feature(enable = "avx512f,avx2,f16c")]
+    unsafe fn scores_heads512<T: Element, const G: usize, const P: usize>(
+        (q, d): (&[f32], usize),
+        g0: usize,
+        k: &[T],
+        scale: f32,
+        out: &mut [f32],
+    ) {
+        let n = out.len() / (q.len() / d);
+        let (whole, chunks) = (d / 8 * 8, d / 8);
+        let qh: [&[f32]; G] = std::array::from_fn(|g| &q[(g0 + g) * d..][..d]);
+        let qp = qh.map(<[f32]>::as_ptr);
+        let vscale = _mm_set1_ps(scale);
+        let mut j = 0;
+        while j + 2 * P <= n {
+            let key = |i: usize| &k[(j + i) * d..][..d];
+            let pairs: [[*const T; 2]; P] =
+                std::array::from_fn(|i| [key(2 * i).as_ptr(), key(2 * i + 1).as_ptr()]);
+            prefetch(k, (j + AHEAD) * d, 2 * P * d);
+            // SAFETY: every query and key slice holds d >= 8 * chunks values.
+            let acc = unsafe { dot_pairs(qp, pairs, chunks) };
+            for (g, ag) in acc.into_iter().enumerate() {
+                for (f, four) in ag.chunks_exact(2).enumerate() {
+                    let j4 = j + 4 * f;
+                    let t = if whole == d {
+                        _mm_setzero_ps()
+                    } else {
+                        let t = [0, 1, 2, 3].map(|i| tail(qh[g], key(4 * f + i), whole));
+                        _mm_setr_ps(t[0], t[1], t[2], t[3])
+                    };
+                    let lanes = [four[0][0], four[0][1], four[1][0], four[1][1]];
+                    let r = _mm_mul_ps(_mm_add_ps(tree4(lanes), t), vscale);
+                    let o = &mut out[(g0 + g) * n + j4..][..4];
+                    // SAFETY: `o` holds four floats.
+                    unsafe { _mm_storeu_ps(o.as_mut_ptr(), r) };
+                }
+            }
+            j += 2 * P;
+        }
+        for j in j..n {
+            let key = &k[j * d..][..d];
+            // SAFETY: as above.
+            let acc = unsafe { dot_lanes(qp, [key.as_ptr()], chunks) };
+            for (g, [a]) in acc.into_iter().enumerate() {
+                out[(g0 + g) * n + j] = (tree1(a) + tail(qh[g], key, whole)) * scale;
+            }
+        }
+    }
+
+    /// `scores_avx2` with 16-lane registers, eight accumulators: four heads × four keys, two
+    /// heads × eight, or one head × eight; each key loaded once for the heads of a step.
+    ///
+    /// # Safety
+    /// AVX-512 F is present; `k` holds `out.len() / heads` keys of `d` values.
+    #[target_feature(enable = "avx512f,avx2,f16c")]
+    pub unsafe fn scores_avx512<T: Element>(
+        q: &[f32],
+        d: usize,
+        k: &[T],
+        scale: f32,
+        out: &mut [f32],
+    ) {
+        let heads = q.len() / d;
+        let mut g = 0;
+        while g + 4 <= heads {
+            // SAFETY: the caller's contract.
+            unsafe { scores_heads512::<T, 4, 4>((q, d), g, k, scale, out) };
+            g += 4;
+        }
+        if g + 2 <= heads {
+            // SAFETY: as above.
+            unsafe { scores_heads512::<T, 2, 4>((q, d), g, k, scale, out) };
+            g += 2;
+        }
+        if g < heads {
+            // SAFETY: as above.
+            unsafe { scores_heads512::<T, 1, 4>((q, d), g, k, scale, out) };
+        }
+    }
+
+    /// Sixteen values at `p` as f32.
+    ///
+    /// # Safety
+    /// AVX-512 F is present; `p` has sixteen readable values.
+    #[target_feature(enable = "avx512f,avx2,f16c")]
+    #[inline]
+    unsafe fn load16<T: Element>(p: *const T) -> __m512 {
+        if T::F16 {
+            // SAFETY: sixteen f16 are 32 readable bytes (caller's contract).
+            unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) }
+        } else {
+            // SAFETY: sixteen f32 (caller's contract).
+            unsafe { _mm512_loadu_ps(p.cast()) }
+        }
+    }
+
+    /// `axpy_block` in 16-lane registers: `out_g[c0..c0 + 16 * C] += p_g[j] · V_j[c0..]`.
+    ///
+    /// # Safety
+    /// As `weighted_sum_avx512`; `c0 + 16 * C <= w`.
+    #[target_feature(enable = "avx512f,avx2,f16c")]
+    unsafe fn axpy_block512<T: Element, const G: usize, const C: usize>(
+        p: &[f32],
+        v: &[T],
+        (d, w, g0, c0): (usize, usize, usize, usize),
+        out: &mut [f32],
+    ) {
+        let n = p.len() / (out.len() / w);
+        let mut acc = [[_mm512_setzero_ps(); C]; G];
+        for (g, ag) in acc.iter_mut().enumerate() {
+            let o = &out[(g0 + g) * w + c0..][..16 * C];
+            for (i, a) in ag.iter_mut().enumerate() {
+                // SAFETY: 16i + 16 <= o.len().
+                *a = unsafe { _mm512_loadu_ps(o.as_ptr().add(16 * i)) };
+            }
+        }
+        let probs: [&[f32]; G] = std::array::from_fn(|g| &p[(g0 + g) * n..][..n]);
+        for j in 0..n {
+            let row = &v[j * d + c0..][..16 * C];
+            prefetch(v, (j + AHEAD) * d + c0, 16 * C);
+            let mut x = [_mm512_setzero_ps(); C];
+            for (i, x) in x.iter_mut().enumerate() {
+                // SAFETY: 16i + 16 <= row.len().
+                *x = unsafe { load16(row.as_ptr().add(16 * i)) };
+            }
+            for (ag, pg) in acc.iter_mut().zip(probs) {
+                let pv = _mm512_set1_ps(pg[j]);
+                for (a, &x) in ag.iter_mut().zip(&x) {
+                    *a = _mm512_add_ps(*a, _mm512_mul_ps(pv, x));
+                }
+            }
+        }
+        for (g, ag) in acc.iter().enumerate() {
+            let o = &mut out[(g0 + g) * w + c0..][..16 * C];
+            for (i, a) in ag.iter().enumerate() {
+                // SAFETY: as for the loads.
+                unsafe { _mm512_storeu_ps(o.as_mut_ptr().add(16 * i), *a) };
+            }
+        }
+    }
+
+    /// `weighted_sum_avx2` with 16-lane registers (the eight columns a multiple of 16 leaves
+    /// go through `axpy_block`).
+    ///
+    /// # Safety
+    /// AVX-512 F is present; otherwise as `weighted_sum_avx2`.
+    #[target_feature(enable = "avx512f,avx2,f16c")]
+    pub unsafe fn weighted_sum_avx512<T: Element>(
+        p: &[f32],
+        v: &[T],
+        (d, w): (usize, usize),
+        out: &mut [f32],
+    ) {
+        let heads = out.len() / w;
+        let mut g = 0;
+        // Two heads × 64 columns, or one head × 128: eight accumulators either way.
+        while g + 2 <= heads {
+            let mut c0 = 0;
+            while c0 + 64 <= w {
+                // SAFETY: c0 + 64 <= w; rows as the caller guarantees.
+                unsafe { axpy_block512::<T, 2, 4>(p, v, (d, w, g, c0), out) };
+                c0 += 64;
+            }
+            while c0 + 16 <= w {
+                // SAFETY: c0 + 16 <= w.
+                unsafe { axpy_block512::<T, 2, 1>(p, v, (d, w, g, c0), out) };
+                c0 += 16;
+            }
+            if c0 < w {
+                // SAFETY: c0 + 8 == w (w is a multiple of 8).
+                unsafe { axpy_block::<T, 2, 1>(p, v, (d, w, g, c0), out) };
+            }
+            g += 2;
+        }
+        if g < heads {
+            let mut c0 = 0;
+            while c0 + 128 <= w {
+                // SAFETY: as above.
+                unsafe { axpy_block512::<T, 1, 8>(p, v, (d, w, g, c0), out) };
+                c0 += 128;
+            }
+            while c0 + 16 <= w {
+                // SAFETY: as above.
+                unsafe { axpy_block512::<T, 1, 1>(p, v, (d, w, g, c0), out) };
+                c0 += 16;
+            }
+            if c0 < w {
                 // SAFETY: as above.
                 unsafe { axpy_block::<T, 1, 1>(p, v, (d, w, g, c0), out) };
             }

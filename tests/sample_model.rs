@@ -262,3 +262,32 @@ fn decode_does_not_depend_on_the_thread_count() {
         }
     }
 }
+
+/// A prompt's logits do not depend on how it is batched: the feed-forward of a long batch runs
+/// in slices of rows (`FFN_ROWS` in `Transformer::forward_with`), which must give the bits of
+/// shorter batches.
+#[test]
+fn prefill_does_not_depend_on_the_batch_size() {
+    let model = Model::load(sample_model(), &ModelParams::default()).unwrap();
+    let text: String = heldout_texts().into_iter().map(|(_, t)| t).collect();
+    let mut tokens = model.tokenize(&text, true).unwrap();
+    assert!(tokens.len() >= 200, "held-out text too short");
+    tokens.truncate(200);
+    let logits = |n_batch: usize| {
+        let params = SessionParams {
+            n_ctx: 256,
+            n_batch,
+            ..Default::default()
+        };
+        let mut session = Session::new(&model, &params).unwrap();
+        let last = session.eval(&tokens).unwrap();
+        last.iter().map(|x| x.to_bits()).collect::<Vec<u32>>()
+    };
+    let one_batch = logits(200);
+    for n_batch in [1, 7, 64, 130] {
+        assert!(
+            logits(n_batch) == one_batch,
+            "a 200-token prompt in batches of {n_batch} differs from one batch"
+        );
+    }
+}

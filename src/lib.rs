@@ -205,6 +205,8 @@ impl Model {
         }
         stop_tokens.sort_unstable();
         stop_tokens.dedup();
+        let mut src = src;
+        src.forget_texts();
         log::log(log::Level::Info, || {
             format!(
                 "loaded {}: {} layers, hidden {}, vocab {}; kernel {}, {} threads",

@@ -26,7 +26,50 @@ pub struct Int4Matrix {
     pub groups: usize,
     pub nibbles: Bytes,
     /// `rows × groups_padded` scales, zero past the last group.
-    pub scales: Vec<f32>,
+    pub scales: Scales,
+}
+
+/// f32 values computed at load, or read in place from a mapped file (the 2B4T head's 25 MB of
+/// scales are then not held twice: once in the page cache, once on the heap).
+#[derive(Debug, Clone)]
+pub enum Scales {
+    Owned(Vec<f32>),
+    /// Little-endian f32s, 4-byte aligned (checked by `from_le_bytes`).
+    Mapped(Bytes),
+}
+
+impl Scales {
+    /// The values of `bytes` (little-endian f32s), in place where the bytes are aligned and
+    /// this CPU is little-endian; `None` when the length is not a whole number of f32s.
+    pub fn from_le_bytes(bytes: Bytes) -> Option<Self> {
+        if !bytes.len().is_multiple_of(4) {
+            return None;
+        }
+        if cfg!(target_endian = "little") && bytes.as_ptr().align_offset(4) == 0 {
+            return Some(Scales::Mapped(bytes));
+        }
+        Some(Scales::Owned(
+            bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+        ))
+    }
+}
+
+impl std::ops::Deref for Scales {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        match self {
+            Scales::Owned(v) => v,
+            Scales::Mapped(b) => {
+                // SAFETY: `from_le_bytes` admitted these bytes only 4-byte aligned, a whole
+                // number of f32s and on a little-endian CPU; every bit pattern is an f32; the
+                // bytes live as long as `b`.
+                unsafe { std::slice::from_raw_parts(b.as_ptr().cast::<f32>(), b.len() / 4) }
+            }
+        }
+    }
 }
 
 /// Groups rounded up to whole lanes, so that scales and group sums load without a tail.
@@ -73,13 +116,13 @@ impl Int4Matrix {
             cols: m.cols,
             groups,
             nibbles: Bytes::owned(nibbles),
-            scales,
+            scales: Scales::Owned(scales),
         }
     }
 
     /// A matrix stored by `parts` (e.g. in a pre-packed file, the nibbles mapped in place);
     /// `None` when the sizes do not fit a `[rows, cols]` matrix.
-    pub fn from_parts(rows: usize, cols: usize, nibbles: Bytes, scales: Vec<f32>) -> Option<Self> {
+    pub fn from_parts(rows: usize, cols: usize, nibbles: Bytes, scales: Scales) -> Option<Self> {
         let groups = cols.div_ceil(GROUP);
         let fits =
             nibbles.len() == rows * groups * GROUP / 2 && scales.len() == rows * padded(groups);
@@ -370,6 +413,33 @@ mod x86 {
 mod tests {
     use super::*;
     use crate::loader::safetensors::DType;
+
+    /// Scales are read in place exactly when their bytes are aligned, hold the same values
+    /// either way, and a length that is not whole f32s is refused.
+    #[test]
+    fn scales_from_bytes_in_place_or_copied() {
+        use crate::loader::bytes::Backing;
+        use std::sync::Arc;
+        let values = [1.5f32, -0.25, 3.0e-5, 0.0, 7.0];
+        for start in 0..4 {
+            let mut raw = vec![0u8; start];
+            raw.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+            let file = Arc::new(Backing::Owned(Arc::new(raw)));
+            let at = |len| Bytes::Shared {
+                file: file.clone(),
+                range: start..start + len,
+            };
+            let aligned = at(20).as_ptr().align_offset(4) == 0;
+            let scales = Scales::from_le_bytes(at(20)).unwrap();
+            assert_eq!(
+                matches!(scales, Scales::Mapped(_)),
+                aligned,
+                "offset {start}"
+            );
+            assert_eq!(&scales[..], &values[..], "offset {start}");
+            assert!(Scales::from_le_bytes(at(19)).is_none());
+        }
+    }
 
     fn matrix(rows: usize, cols: usize, seed: u32) -> Vec<u8> {
         let mut s = seed.wrapping_mul(2_654_435_761) | 1;

@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use super::safetensors::{DType, TensorStore};
 use crate::HeadFormat;
 use crate::error::{Error, Result};
-use crate::kernels::int4::Int4Matrix;
+use crate::kernels::int4::{Int4Matrix, Scales};
 use crate::kernels::int8::Int8Matrix;
 
 /// Tensor names: values, then per-row (int8) or per-group (int4) f32 scales.
@@ -89,7 +89,13 @@ pub fn load(store: &TensorStore, rows: usize, cols: usize) -> Result<Vec<StoredH
         if v.dtype != DType::U8 {
             return Err(v.error(format!("dtype {:?}, expected U8", v.dtype)));
         }
-        let m = Int4Matrix::from_parts(rows, cols, v.data.clone(), s.to_f32()?)
+        // f32 scales are read in place from the mapped file, other types converted.
+        let scales = match s.dtype {
+            DType::F32 => Scales::from_le_bytes(s.data.clone()),
+            _ => Some(Scales::Owned(s.to_f32()?)),
+        };
+        let m = scales
+            .and_then(|sc| Int4Matrix::from_parts(rows, cols, v.data.clone(), sc))
             .ok_or_else(|| Error::internal("int4 head parts"))?;
         heads.push(StoredHead::Int4(m));
     }

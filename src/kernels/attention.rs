@@ -225,8 +225,11 @@ mod x86 {
     ) -> [[__m256; N]; G] {
         let mut acc = [[_mm256_setzero_ps(); N]; G];
         for c in 0..chunks {
-            // SAFETY: 8c + 8 <= 8 * chunks for every key (caller's contract).
-            let kv = keys.map(|key| unsafe { load8(key.add(8 * c)) });
+            let mut kv = [_mm256_setzero_ps(); N];
+            for (v, key) in kv.iter_mut().zip(keys) {
+                // SAFETY: 8c + 8 <= 8 * chunks for every key (caller's contract).
+                *v = unsafe { load8(key.add(8 * c)) };
+            }
             for (ag, q) in acc.iter_mut().zip(qs) {
                 // SAFETY: as above, for the queries.
                 let qv = unsafe { _mm256_loadu_ps(q.add(8 * c)) };
@@ -468,8 +471,12 @@ mod x86 {
     ) -> [[[__m256; 2]; P]; G] {
         let mut acc = [[_mm512_setzero_ps(); P]; G];
         for c in 0..chunks {
-            // SAFETY: 8c + 8 <= 8 * chunks for every key (caller's contract).
-            let kv = keys.map(|[a, b]| unsafe { load_pair(a.add(8 * c), b.add(8 * c)) });
+            // Plain loops, not `array::map` (see `x86::rows_vnni`).
+            let mut kv = [_mm512_setzero_ps(); P];
+            for (v, [a, b]) in kv.iter_mut().zip(keys) {
+                // SAFETY: 8c + 8 <= 8 * chunks for every key (caller's contract).
+                *v = unsafe { load_pair(a.add(8 * c), b.add(8 * c)) };
+            }
             for (ag, q) in acc.iter_mut().zip(qs) {
                 // SAFETY: as above, for the queries.
                 let q8 = unsafe { _mm256_loadu_ps(q.add(8 * c)) };

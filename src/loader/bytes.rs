@@ -53,6 +53,31 @@ impl Deref for Backing {
     }
 }
 
+impl Backing {
+    /// Lets the OS drop the first `end` bytes of a mapped file from this process's resident
+    /// memory (rounded down to whole pages): a safetensors header read once at load, which in a
+    /// pre-packed file holds the tokenizer (9 MB for LLaMA-3). Pages read again come back from
+    /// the file.
+    pub fn release_prefix(&self, end: usize) {
+        #[cfg(unix)]
+        if let Backing::Mapped(map, _) = self {
+            const PAGE: usize = 4096;
+            let len = end.min(map.len()) / PAGE * PAGE;
+            if len > 0 {
+                // SAFETY: the mapping is private and read-only, so dropping its pages changes
+                // nothing a reader can see: they are read back from the file, unchanged (the
+                // file must not change while mapped, as for every map here). A failure only
+                // leaves the pages resident.
+                let _ = unsafe {
+                    map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, 0, len)
+                };
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = end;
+    }
+}
+
 /// A byte slice that keeps its file alive.
 #[derive(Clone)]
 pub enum Bytes {

@@ -153,6 +153,10 @@ impl TensorStore {
             };
             self.tensors.insert(name, tensor);
         }
+        drop(parsed);
+        // The header has been read; the tensors after it stay mapped.
+        let header = u64::from_le_bytes(backing[..8].try_into().expect("8 bytes"));
+        backing.release_prefix(8 + header as usize);
         Ok(())
     }
 

@@ -246,7 +246,10 @@ mod x86 {
     #[target_feature(enable = "avx2,f16c")]
     #[inline]
     fn tree4(a: [__m256; 4]) -> __m128 {
-        let s = a.map(|x| _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps::<1>(x)));
+        let mut s = [_mm_setzero_ps(); 4];
+        for (s, x) in s.iter_mut().zip(a) {
+            *s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps::<1>(x));
+        }
         _mm_hadd_ps(_mm_hadd_ps(s[0], s[1]), _mm_hadd_ps(s[2], s[3]))
     }
 
@@ -288,11 +291,21 @@ mod x86 {
         let vscale = _mm_set1_ps(scale);
         let mut j = 0;
         while j + 4 <= n {
-            let key = [j, j + 1, j + 2, j + 3].map(|i| &k[i * d..][..d]);
+            let key = [
+                &k[j * d..][..d],
+                &k[(j + 1) * d..][..d],
+                &k[(j + 2) * d..][..d],
+                &k[(j + 3) * d..][..d],
+            ];
             prefetch(k, (j + AHEAD) * d, 4 * d);
-
+            let kp = [
+                key[0].as_ptr(),
+                key[1].as_ptr(),
+                key[2].as_ptr(),
+                key[3].as_ptr(),
+            ];
             // SAFETY: every query and key slice holds d >= 8 * chunks values.
-            let acc = unsafe { dot_lanes(qp, key.map(<[T]>::as_ptr), chunks) };
+            let acc = unsafe { dot_lanes(qp, kp, chunks) };
             for (g, ag) in acc.into_iter().enumerate() {
                 let t = if whole == d {
                     _mm_setzero_ps()
@@ -486,7 +499,13 @@ mod x86 {
                 }
             }
         }
-        acc.map(|ag| ag.map(|a| halves(a)))
+        let mut out = [[[_mm256_setzero_ps(); 2]; P]; G];
+        for (og, ag) in out.iter_mut().zip(acc) {
+            for (o, a) in og.iter_mut().zip(ag) {
+                *o = halves(a);
+            }
+        }
+        out
     }
 
     /// `scores_heads` with 2P keys (P even) per step, two per 16-lane register.
@@ -509,8 +528,10 @@ mod x86 {
         let mut j = 0;
         while j + 2 * P <= n {
             let key = |i: usize| &k[(j + i) * d..][..d];
-            let pairs: [[*const T; 2]; P] =
-                std::array::from_fn(|i| [key(2 * i).as_ptr(), key(2 * i + 1).as_ptr()]);
+            let mut pairs = [[std::ptr::null::<T>(); 2]; P];
+            for (i, pair) in pairs.iter_mut().enumerate() {
+                *pair = [key(2 * i).as_ptr(), key(2 * i + 1).as_ptr()];
+            }
             prefetch(k, (j + AHEAD) * d, 2 * P * d);
             // SAFETY: every query and key slice holds d >= 8 * chunks values.
             let acc = unsafe { dot_pairs(qp, pairs, chunks) };
@@ -648,8 +669,27 @@ mod x86 {
     ) {
         let heads = out.len() / w;
         let mut g = 0;
-        // Two heads × 64 columns, or one head × 128: eight accumulators either way.
-        while g + 2 <= heads {
+        // Four heads × 32 columns, two × 64, or one × 128: eight accumulators each, every
+        // value row loaded once for the heads of a step.
+        while g + 4 <= heads {
+            let mut c0 = 0;
+            while c0 + 64 <= w {
+                // SAFETY: c0 + 64 <= w; rows as the caller guarantees.
+                unsafe { axpy_block512::<T, 4, 4>(p, v, (d, w, g, c0), out) };
+                c0 += 64;
+            }
+            while c0 + 16 <= w {
+                // SAFETY: c0 + 16 <= w.
+                unsafe { axpy_block512::<T, 4, 1>(p, v, (d, w, g, c0), out) };
+                c0 += 16;
+            }
+            if c0 < w {
+                // SAFETY: c0 + 8 == w (w is a multiple of 8).
+                unsafe { axpy_block::<T, 4, 1>(p, v, (d, w, g, c0), out) };
+            }
+            g += 4;
+        }
+        if g + 2 <= heads {
             let mut c0 = 0;
             while c0 + 64 <= w {
                 // SAFETY: c0 + 64 <= w; rows as the caller guarantees.

@@ -44,12 +44,14 @@ unsafe fn row_avx2<const N: usize>(row: *const u8, q: [*const i8; N], blocks: us
             }
         }
     }
-    acc.map(|a| {
+    let mut out = [0i32; N];
+    for (o, a) in out.iter_mut().zip(acc) {
         let s = _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256::<1>(a));
         let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
         let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
-        _mm_cvtsi128_si32(s)
-    })
+        *o = _mm_cvtsi128_si32(s);
+    }
+    out
 }
 
 /// How far ahead of the decode kernel the next weights are requested: the hardware prefetcher
@@ -98,7 +100,13 @@ unsafe fn rows_vnni<const R: usize, const N: usize>(
             }
         }
     }
-    acc.map(|a| a.map(|v| _mm512_reduce_add_epi32(v)))
+    let mut out = [[0i32; N]; R];
+    for (or, ar) in out.iter_mut().zip(acc) {
+        for (o, a) in or.iter_mut().zip(ar) {
+            *o = _mm512_reduce_add_epi32(a);
+        }
+    }
+    out
 }
 
 /// Σ code·q over R rows for one token (decode) with AVX-512 VNNI. Rows stream from memory with
@@ -142,12 +150,15 @@ unsafe fn rows_vnni_decode<const R: usize, const A: usize>(
             }
         }
     }
-    acc.map(|a| {
-        let sum = a
-            .into_iter()
-            .fold(_mm512_setzero_si512(), |s, x| _mm512_add_epi32(s, x));
-        _mm512_reduce_add_epi32(sum)
-    })
+    let mut out = [0i32; R];
+    for (o, a) in out.iter_mut().zip(acc) {
+        let mut sum = _mm512_setzero_si512();
+        for x in a {
+            sum = _mm512_add_epi32(sum, x);
+        }
+        *o = _mm512_reduce_add_epi32(sum);
+    }
+    out
 }
 
 /// AVX2 kernel; same contract as `packed::gemm_portable`.

@@ -4,7 +4,8 @@
 //!     cargo bench --bench kernels [-- FILTER]
 //!
 //! Shapes are those of BitNet b1.58 2B4T: a decode step (one token) through its FFN up and down
-//! projections, and one pair of query heads attending over 576 cached positions in f32 and f16.
+//! projections (one matrix, and 30 layers' worth of each shape), the four query heads of one KV
+//! head attending over 576 cached positions in f32 and f16, and the output head.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use half::f16;
@@ -80,6 +81,45 @@ fn ternary_decode_from_memory(c: &mut Criterion) {
         }
         if all == 1 {
             break;
+        }
+    }
+}
+
+/// A decode step's FFN as 30 layers of separate matrices (each 4.4 MB, as decode streams them
+/// between other work), up-shaped (6912 rows × 2560) against down-shaped (2560 × 6912): the
+/// same bytes in rows of 640 or 1728 bytes, on one thread and on all.
+fn ternary_decode_layers(c: &mut Criterion) {
+    let mut g = c.benchmark_group("ternary_gemv_30_layers");
+    g.sample_size(20);
+    let all = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for (name, rows, cols) in [("up", 6912, 2560), ("down", 2560, 6912)] {
+        let layers: Vec<PackedTernary> = (0..30)
+            .map(|l| {
+                let t: Vec<i8> = noise(rows * cols, 20 + l)
+                    .map(|x| (x % 3) as i8 - 1)
+                    .collect();
+                PackedTernary::from_hf(&bit_ttt::quant::pack_ternary(&t, rows, cols), rows, cols)
+            })
+            .collect();
+        let x = QuantizedRows::new(&floats(cols, 9), 1);
+        let mut acc = vec![0i32; rows];
+        g.throughput(Throughput::Bytes((30 * layers[0].data.len()) as u64));
+        for threads in [1, all] {
+            let pool = Pool::new(threads).expect("thread pool");
+            let k = Kernel::available().pop().expect("a kernel");
+            let id = format!("{name}_{}_{threads}t", k.name());
+            g.bench_function(BenchmarkId::from_parameter(id), |b| {
+                b.iter(|| {
+                    pool.install(|| {
+                        for w in &layers {
+                            k.ternary_gemm(w, &x, &mut acc)
+                        }
+                    })
+                })
+            });
+            if all == 1 {
+                break;
+            }
         }
     }
 }
@@ -209,6 +249,7 @@ criterion_group!(
     benches,
     ternary_decode,
     ternary_decode_from_memory,
+    ternary_decode_layers,
     attention_decode,
     softmax_640,
     attention_all_layers,

@@ -272,6 +272,56 @@ mod x86 {
             .sum()
     }
 
+    /// Scores of four consecutive keys for one head from their lane sums: the oracle's tree,
+    /// plus the part past the last whole chunk of 8 (`keys` holds the four keys, `d` apart),
+    /// times `scale`, stored in `o`.
+    #[target_feature(enable = "avx2,f16c")]
+    #[inline]
+    fn finish4<T: Element>(
+        lanes: [__m256; 4],
+        (qh, keys, d): (&[f32], &[T], usize),
+        scale: f32,
+        o: &mut [f32],
+    ) {
+        let whole = d / 8 * 8;
+        let t = if whole == d {
+            _mm_setzero_ps()
+        } else {
+            let t = [0, 1, 2, 3].map(|i| tail(qh, &keys[i * d..][..d], whole));
+            _mm_setr_ps(t[0], t[1], t[2], t[3])
+        };
+        let r = _mm_mul_ps(_mm_add_ps(tree4(lanes), t), _mm_set1_ps(scale));
+        let o = &mut o[..4];
+        // SAFETY: `o` holds four floats.
+        unsafe { _mm_storeu_ps(o.as_mut_ptr(), r) };
+    }
+
+    /// Scores of G heads from head `g0` against keys `from..` one at a time (what the steps of
+    /// several keys leave).
+    ///
+    /// # Safety
+    /// As `scores_avx2`.
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn scores_each<T: Element, const G: usize>(
+        (q, d): (&[f32], usize),
+        (g0, from): (usize, usize),
+        k: &[T],
+        scale: f32,
+        out: &mut [f32],
+    ) {
+        let n = out.len() / (q.len() / d);
+        let qh: [&[f32]; G] = std::array::from_fn(|g| &q[(g0 + g) * d..][..d]);
+        let qp = qh.map(<[f32]>::as_ptr);
+        for j in from..n {
+            let key = &k[j * d..][..d];
+            // SAFETY: every query and key slice holds d >= 8 * (d / 8) values.
+            let acc = unsafe { dot_lanes(qp, [key.as_ptr()], d / 8) };
+            for (g, [a]) in acc.into_iter().enumerate() {
+                out[(g0 + g) * n + j] = (tree1(a) + tail(qh[g], key, d / 8 * 8)) * scale;
+            }
+        }
+    }
+
     /// Scores of G heads from head `g0` against every key.
     ///
     /// # Safety
@@ -285,49 +335,27 @@ mod x86 {
         out: &mut [f32],
     ) {
         let n = out.len() / (q.len() / d);
-        let (whole, chunks) = (d / 8 * 8, d / 8);
         let qh: [&[f32]; G] = std::array::from_fn(|g| &q[(g0 + g) * d..][..d]);
         let qp = qh.map(<[f32]>::as_ptr);
-        let vscale = _mm_set1_ps(scale);
         let mut j = 0;
         while j + 4 <= n {
-            let key = [
-                &k[j * d..][..d],
-                &k[(j + 1) * d..][..d],
-                &k[(j + 2) * d..][..d],
-                &k[(j + 3) * d..][..d],
-            ];
+            let keys = &k[j * d..][..4 * d];
             prefetch(k, (j + AHEAD) * d, 4 * d);
             let kp = [
-                key[0].as_ptr(),
-                key[1].as_ptr(),
-                key[2].as_ptr(),
-                key[3].as_ptr(),
+                keys.as_ptr(),
+                keys[d..].as_ptr(),
+                keys[2 * d..].as_ptr(),
+                keys[3 * d..].as_ptr(),
             ];
-            // SAFETY: every query and key slice holds d >= 8 * chunks values.
-            let acc = unsafe { dot_lanes(qp, kp, chunks) };
-            for (g, ag) in acc.into_iter().enumerate() {
-                let t = if whole == d {
-                    _mm_setzero_ps()
-                } else {
-                    let t = key.map(|kj| tail(qh[g], kj, whole));
-                    _mm_setr_ps(t[0], t[1], t[2], t[3])
-                };
-                let r = _mm_mul_ps(_mm_add_ps(tree4(ag), t), vscale);
-                let o = &mut out[(g0 + g) * n + j..][..4];
-                // SAFETY: `o` holds four floats.
-                unsafe { _mm_storeu_ps(o.as_mut_ptr(), r) };
+            // SAFETY: every query and key slice holds d >= 8 * (d / 8) values.
+            let acc = unsafe { dot_lanes(qp, kp, d / 8) };
+            for (g, lanes) in acc.into_iter().enumerate() {
+                finish4(lanes, (qh[g], keys, d), scale, &mut out[(g0 + g) * n + j..]);
             }
             j += 4;
         }
-        for j in j..n {
-            let key = &k[j * d..][..d];
-            // SAFETY: as above.
-            let acc = unsafe { dot_lanes(qp, [key.as_ptr()], chunks) };
-            for (g, [a]) in acc.into_iter().enumerate() {
-                out[(g0 + g) * n + j] = (tree1(a) + tail(qh[g], key, whole)) * scale;
-            }
-        }
+        // SAFETY: the caller's contract.
+        unsafe { scores_each::<T, G>((q, d), (g0, j), k, scale, out) };
     }
 
     /// # Safety
@@ -521,46 +549,30 @@ mod x86 {
         out: &mut [f32],
     ) {
         let n = out.len() / (q.len() / d);
-        let (whole, chunks) = (d / 8 * 8, d / 8);
         let qh: [&[f32]; G] = std::array::from_fn(|g| &q[(g0 + g) * d..][..d]);
         let qp = qh.map(<[f32]>::as_ptr);
-        let vscale = _mm_set1_ps(scale);
         let mut j = 0;
         while j + 2 * P <= n {
-            let key = |i: usize| &k[(j + i) * d..][..d];
+            let keys = &k[j * d..][..2 * P * d];
             let mut pairs = [[std::ptr::null::<T>(); 2]; P];
             for (i, pair) in pairs.iter_mut().enumerate() {
-                *pair = [key(2 * i).as_ptr(), key(2 * i + 1).as_ptr()];
+                *pair = [keys[2 * i * d..].as_ptr(), keys[(2 * i + 1) * d..].as_ptr()];
             }
             prefetch(k, (j + AHEAD) * d, 2 * P * d);
-            // SAFETY: every query and key slice holds d >= 8 * chunks values.
-            let acc = unsafe { dot_pairs(qp, pairs, chunks) };
+            // SAFETY: every query and key slice holds d >= 8 * (d / 8) values.
+            let acc = unsafe { dot_pairs(qp, pairs, d / 8) };
             for (g, ag) in acc.into_iter().enumerate() {
                 for (f, four) in ag.chunks_exact(2).enumerate() {
-                    let j4 = j + 4 * f;
-                    let t = if whole == d {
-                        _mm_setzero_ps()
-                    } else {
-                        let t = [0, 1, 2, 3].map(|i| tail(qh[g], key(4 * f + i), whole));
-                        _mm_setr_ps(t[0], t[1], t[2], t[3])
-                    };
                     let lanes = [four[0][0], four[0][1], four[1][0], four[1][1]];
-                    let r = _mm_mul_ps(_mm_add_ps(tree4(lanes), t), vscale);
-                    let o = &mut out[(g0 + g) * n + j4..][..4];
-                    // SAFETY: `o` holds four floats.
-                    unsafe { _mm_storeu_ps(o.as_mut_ptr(), r) };
+                    let keys4 = &keys[4 * f * d..];
+                    let o = &mut out[(g0 + g) * n + j + 4 * f..];
+                    finish4(lanes, (qh[g], keys4, d), scale, o);
                 }
             }
             j += 2 * P;
         }
-        for j in j..n {
-            let key = &k[j * d..][..d];
-            // SAFETY: as above.
-            let acc = unsafe { dot_lanes(qp, [key.as_ptr()], chunks) };
-            for (g, [a]) in acc.into_iter().enumerate() {
-                out[(g0 + g) * n + j] = (tree1(a) + tail(qh[g], key, whole)) * scale;
-            }
-        }
+        // SAFETY: the caller's contract.
+        unsafe { scores_each::<T, G>((q, d), (g0, j), k, scale, out) };
     }
 
     /// `scores_avx2` with 16-lane registers, eight accumulators: four heads × four keys, two

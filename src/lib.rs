@@ -218,7 +218,7 @@ impl Model {
                 pool.n_threads()
             )
         });
-        Ok(Model(Arc::new(ModelInner {
+        let model = Model(Arc::new(ModelInner {
             bos_token: tokenizer.bos_token.clone(),
             eos_token: tokenizer.eos_token.clone(),
             transformer: pool.install(|| Transformer::new(weights, kernel, params.head)),
@@ -227,7 +227,9 @@ impl Model {
             source: src,
             fingerprint,
             pool,
-        })))
+        }));
+        loader::bytes::release_free_heap();
+        Ok(model)
     }
 
     pub fn config(&self) -> &Config {

@@ -263,8 +263,9 @@ fn decode_does_not_depend_on_the_thread_count() {
     }
 }
 
-/// A prompt's logits do not depend on how it is batched: the feed-forward of a long batch runs
-/// in slices of rows (`FFN_ROWS` in `Transformer::forward_with`), which must give the bits of
+/// A prompt's logits do not depend on how it is batched: the attention and feed-forward blocks
+/// of a long batch run in slices of rows (`ATTN_ROWS` of 128 and `FFN_ROWS` of 64 in
+/// `Transformer::forward_with`; batches of 130 and 200 cross both), which must give the bits of
 /// shorter batches.
 #[test]
 fn prefill_does_not_depend_on_the_batch_size() {

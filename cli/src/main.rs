@@ -258,6 +258,9 @@ struct BenchArgs {
     /// "load_s", "peak_rss_bytes"}.
     #[arg(long)]
     json: bool,
+    /// Set on the child process that measures one thread count of several.
+    #[arg(long, hide = true)]
+    no_header: bool,
 }
 
 #[derive(Args)]
@@ -464,6 +467,36 @@ fn read_bandwidth(threads: usize) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// Runs this same `bench` command once per thread count, each in a fresh process: a peak RSS
+/// measured after another model was loaded and dropped in the same process counts the heap
+/// that model left resident (7 MB more on 2B4T).
+fn bench_each_in_a_process(threads: &[usize]) -> bit_ttt::Result<()> {
+    let io = |e: std::io::Error| bit_ttt::Error::internal(format!("bench child process: {e}"));
+    let exe = std::env::current_exe().map_err(io)?;
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    let mut rest = std::env::args_os().skip(1);
+    while let Some(arg) = rest.next() {
+        if arg == "--threads" {
+            rest.next();
+        } else if !arg.to_string_lossy().starts_with("--threads=") {
+            args.push(arg);
+        }
+    }
+    for t in threads {
+        let status = std::process::Command::new(&exe)
+            .args(&args)
+            .args(["--threads", &t.to_string(), "--no-header"])
+            .status()
+            .map_err(io)?;
+        if !status.success() {
+            return Err(bit_ttt::Error::internal(format!(
+                "bench with {t} threads failed ({status})"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn bench(a: &BenchArgs) -> bit_ttt::Result<()> {
     let kernel = a
         .kernel
@@ -475,11 +508,21 @@ fn bench(a: &BenchArgs) -> bit_ttt::Result<()> {
             "--prompt-tokens must be >= 1 and --gen-tokens >= 2",
         ));
     }
-    if !a.json {
+    if !a.json && !a.no_header {
         println!(
-            "{:>7}  {:<11} {:>13} {:>12} {:>8} {:>14}",
-            "threads", "kernel", "prefill tok/s", "decode tok/s", "load s", "peak RSS"
+            "{:>7}  {:<11} {:>13} {:>12} {:>8} {:>11} {:>10} {:>8}",
+            "threads",
+            "kernel",
+            "prefill tok/s",
+            "decode tok/s",
+            "load s",
+            "peak RSS",
+            "read GB/s",
+            "roofline"
         );
+    }
+    if a.threads.len() > 1 {
+        return bench_each_in_a_process(&a.threads);
     }
     let path = model_path(&a.model)?;
     let kv_cache = KvType::parse(&a.kv_cache)?;

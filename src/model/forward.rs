@@ -17,6 +17,9 @@ use crate::loader::heads::{self, StoredHead};
 
 /// Rows of a feed-forward slice when nothing is recorded for `adapt`.
 const FFN_ROWS: usize = 64;
+/// Rows of an attention slice when nothing is recorded for `adapt`: the Q/K/V and O matrices
+/// (4 MB a layer on 2B4T) stay in cache across a prompt's slices.
+const ATTN_ROWS: usize = 128;
 
 /// A feed-forward block's intermediates (kept for `adapt`) and output.
 struct FeedForward {
@@ -207,58 +210,36 @@ impl Transformer {
                 .is_some_and(|t| li >= t.from_layer)
                 .then(LayerTape::default);
             let mut u: [Option<Vec<f32>>; 7] = Default::default();
-            let [u_q, u_k, u_v, u_o, ..] = &mut u;
-            let on = rec.is_some();
-
-            // Attention. Without a tape each buffer is dropped once used: a 512-token prefill
-            // on 2B4T then holds at most four of n × hidden (21 MB) instead of eight.
-            let h = norm_rows(&x, &layer.input_norm, cfg.rms_norm_eps);
-            let [mut q, mut k, v] = self.project_many(
-                [
-                    (&layer.q, lora(0)),
-                    (&layer.k, lora(1)),
-                    (&layer.v, lora(2)),
-                ],
-                &Activations::new(&h, n),
-                scale,
-                [on.then_some(u_q), on.then_some(u_k), on.then_some(u_v)],
-            );
-            let h = on.then_some(h);
-            self.apply_rope(&mut q, &mut k, cache.len());
-            cache.push(li, &k, &v);
-            drop((k, v));
-            let a = match cache.layer(li) {
-                (Heads::F32(k), Heads::F32(v)) => self.attention(&q, k, v, cache.len(), n),
-                (Heads::F16(k), Heads::F16(v)) => self.attention(&q, k, v, cache.len(), n),
-                _ => unreachable!("keys and values have one type"),
-            };
-            let q = on.then_some(q);
-            let a_n = match &layer.attn_sub_norm {
-                Some(w) => norm_rows(&a, w, cfg.rms_norm_eps),
-                None => a.clone(),
-            };
-            let a = on.then_some(a);
-            let o = self.project(
-                (&layer.o, lora(3)),
-                &Activations::new(&a_n, n),
-                scale,
-                on.then_some(u_o),
-            );
-            match rec.as_mut() {
-                Some(r) => {
-                    let kept = "recording keeps the attention's buffers";
-                    r.x = x.clone();
-                    r.h = h.expect(kept);
-                    r.q = q.expect(kept);
-                    r.attn = a.expect(kept);
-                    r.attn_normed = a_n;
-                }
-                None => drop(a_n),
-            }
-            x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
-            drop(o);
+            let lora_attn = [lora(0), lora(1), lora(2), lora(3)];
+            let past = cache.len();
             if let Some(r) = rec.as_mut() {
+                let [u_q, u_k, u_v, u_o, ..] = &mut u;
+                let o = self.attention_block(
+                    (layer, li),
+                    cache,
+                    (&x, n, past),
+                    (lora_attn, scale),
+                    Some((r, [u_q, u_k, u_v, u_o])),
+                );
+                x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
                 r.x_mid = x.clone();
+            } else {
+                // Slices of rows in order, each appending its keys and values before its
+                // queries attend: what a smaller batch computes, so the same bits, while a
+                // 512-token prefill holds buffers of ATTN_ROWS rows instead of 21 MB.
+                let hidden = cfg.hidden_size;
+                for (i, xs) in x.chunks_mut(ATTN_ROWS * hidden).enumerate() {
+                    let rows = xs.len() / hidden;
+                    let at = past + i * ATTN_ROWS;
+                    let o = self.attention_block(
+                        (layer, li),
+                        cache,
+                        (xs, rows, at),
+                        (lora_attn, scale),
+                        None,
+                    );
+                    xs.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
+                }
             }
 
             // Feed-forward.
@@ -293,11 +274,75 @@ impl Transformer {
             }
         }
         cache.advance(n);
-        let out = norm_rows(&x, &self.weights.final_norm, cfg.rms_norm_eps);
+        let w = &self.weights.final_norm;
         if let Some(tape) = tape {
+            let out = norm_rows(&x, w, cfg.rms_norm_eps);
             tape.x_final = x;
+            return Ok(out);
         }
-        Ok(out)
+        // In place: a second n × hidden buffer would be the prompt's largest at this point.
+        let mut row = vec![0.0f32; w.len()];
+        for xr in x.chunks_exact_mut(w.len()) {
+            scalar::rms_norm(xr, w, cfg.rms_norm_eps, &mut row);
+            xr.copy_from_slice(&row);
+        }
+        Ok(x)
+    }
+
+    /// The attention block of layer `li` on `n` rows of `x` at positions `past..`: their keys
+    /// and values are appended to the cache and the output projection returned (residual not
+    /// added). With `rec`, what `adapt` needs is recorded, and the LoRA inputs kept in `u`.
+    fn attention_block(
+        &self,
+        (layer, li): (&LayerWeights, usize),
+        cache: &mut KvCache,
+        (x, n, past): (&[f32], usize, usize),
+        (lora, scale): ([Option<&Lora>; 4], f32),
+        rec: Option<(&mut LayerTape, [&mut Option<Vec<f32>>; 4])>,
+    ) -> Vec<f32> {
+        let cfg = &self.weights.config;
+        let (rec, [u_q, u_k, u_v, u_o]) = match rec {
+            Some((r, u)) => (Some(r), u.map(Some)),
+            None => (None, [None, None, None, None]),
+        };
+        let on = rec.is_some();
+        // Without a record each buffer is dropped once used.
+        let h = norm_rows(x, &layer.input_norm, cfg.rms_norm_eps);
+        let [mut q, mut k, v] = self.project_many(
+            [
+                (&layer.q, lora[0]),
+                (&layer.k, lora[1]),
+                (&layer.v, lora[2]),
+            ],
+            &Activations::new(&h, n),
+            scale,
+            [u_q, u_k, u_v],
+        );
+        let h = on.then_some(h);
+        self.apply_rope(&mut q, &mut k, past);
+        cache.push(li, &k, &v);
+        drop((k, v));
+        let a = match cache.layer(li) {
+            (Heads::F32(k), Heads::F32(v)) => self.attention(&q, k, v, past, n),
+            (Heads::F16(k), Heads::F16(v)) => self.attention(&q, k, v, past, n),
+            _ => unreachable!("keys and values have one type"),
+        };
+        let q = on.then_some(q);
+        let a_n = match &layer.attn_sub_norm {
+            Some(w) => norm_rows(&a, w, cfg.rms_norm_eps),
+            None => a.clone(),
+        };
+        let a = on.then_some(a);
+        let o = self.project((&layer.o, lora[3]), &Activations::new(&a_n, n), scale, u_o);
+        if let Some(r) = rec {
+            let kept = "recording keeps the attention's buffers";
+            r.x = x.to_vec();
+            r.h = h.expect(kept);
+            r.q = q.expect(kept);
+            r.attn = a.expect(kept);
+            r.attn_normed = a_n;
+        }
+        o
     }
 
     /// The feed-forward block of `layer` on `n` rows of `x` (residual not added).

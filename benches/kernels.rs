@@ -15,7 +15,7 @@ use bit_ttt::kernels::attention;
 use bit_ttt::kernels::dense::DenseView;
 use bit_ttt::kernels::int4::{self, Int4Matrix};
 use bit_ttt::kernels::int8::{self, Int8Matrix};
-use bit_ttt::kernels::packed::{PackedTernary, QuantizedRows};
+use bit_ttt::kernels::packed::{PackedTernary, Packing, QuantizedRows};
 use bit_ttt::kernels::pool::Pool;
 use bit_ttt::loader::safetensors::DType;
 
@@ -35,6 +35,19 @@ fn floats(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// Each kernel on the 2-bit layout, and the kernels that read base-3 fast on that one too
+/// (named `<kernel>_base3`). Throughput in weights, so that the layouts compare.
+fn kernels_and_layouts() -> Vec<(Kernel, Packing, String)> {
+    let mut v = Vec::new();
+    for k in Kernel::available() {
+        v.push((k, Packing::Bits2, k.name().to_string()));
+        if k.packing() == Packing::Base3 {
+            v.push((k, Packing::Base3, format!("{}_base3", k.name())));
+        }
+    }
+    v
+}
+
 fn ternary_decode(c: &mut Criterion) {
     let mut g = c.benchmark_group("ternary_gemv");
     for (name, rows, cols) in [
@@ -42,12 +55,13 @@ fn ternary_decode(c: &mut Criterion) {
         ("ffn_down_2560x6912", 2560, 6912),
     ] {
         let t: Vec<i8> = noise(rows * cols, 1).map(|x| (x % 3) as i8 - 1).collect();
-        let w = PackedTernary::from_hf(&bit_ttt::quant::pack_ternary(&t, rows, cols), rows, cols);
+        let hf = bit_ttt::quant::pack_ternary(&t, rows, cols);
         let x = QuantizedRows::new(&floats(cols, 2), 1);
         let mut acc = vec![0i32; rows];
-        g.throughput(Throughput::Bytes(w.data.len() as u64));
-        for k in Kernel::available() {
-            g.bench_with_input(BenchmarkId::new(name, k.name()), &k, |b, &k| {
+        g.throughput(Throughput::Elements((rows * cols) as u64));
+        for (k, packing, id) in kernels_and_layouts() {
+            let w = PackedTernary::from_hf_as(&hf, rows, cols, packing);
+            g.bench_with_input(BenchmarkId::new(name, id), &k, |b, &k| {
                 b.iter(|| k.ternary_gemm(&w, &x, &mut acc))
             });
         }
@@ -60,21 +74,22 @@ fn ternary_decode(c: &mut Criterion) {
 fn ternary_decode_from_memory(c: &mut Criterion) {
     let (rows, cols) = (30 * 6912, 2560);
     let t: Vec<i8> = noise(rows * cols, 8).map(|x| (x % 3) as i8 - 1).collect();
-    let w = PackedTernary::from_hf(&bit_ttt::quant::pack_ternary(&t, rows, cols), rows, cols);
+    let hf = bit_ttt::quant::pack_ternary(&t, rows, cols);
     drop(t);
     let x = QuantizedRows::new(&floats(cols, 9), 1);
     let mut acc = vec![0i32; rows];
     let mut g = c.benchmark_group("ternary_gemv_133MB");
     g.sample_size(20);
-    g.throughput(Throughput::Bytes(w.data.len() as u64));
+    g.throughput(Throughput::Elements((rows * cols) as u64));
     let all = std::thread::available_parallelism().map_or(1, |n| n.get());
     for threads in [1, all] {
         let pool = Pool::new(threads).expect("thread pool");
-        for k in Kernel::available()
+        for (k, packing, name) in kernels_and_layouts()
             .into_iter()
-            .filter(|k| *k != Kernel::Portable)
+            .filter(|(k, ..)| *k != Kernel::Portable)
         {
-            let id = format!("{}_{threads}t", k.name());
+            let w = PackedTernary::from_hf_as(&hf, rows, cols, packing);
+            let id = format!("{name}_{threads}t");
             g.bench_with_input(BenchmarkId::from_parameter(id), &k, |b, &k| {
                 b.iter(|| pool.install(|| k.ternary_gemm(&w, &x, &mut acc)))
             });
@@ -85,29 +100,38 @@ fn ternary_decode_from_memory(c: &mut Criterion) {
     }
 }
 
-/// A decode step's FFN as 30 layers of separate matrices (each 4.4 MB, as decode streams them
-/// between other work), up-shaped (6912 rows × 2560) against down-shaped (2560 × 6912): the
-/// same bytes in rows of 640 or 1728 bytes, on one thread and on all.
+/// A decode step's FFN as 30 layers of separate matrices (each 4.4 MB in the 2-bit layout, 3.5
+/// MB in base-3, as decode streams them between other work), up-shaped (6912 rows × 2560)
+/// against down-shaped (2560 × 6912): rows of 640 or 1728 bytes (512 or 1408 in base-3), on one
+/// thread and on all, with the best kernel in each layout it reads.
 fn ternary_decode_layers(c: &mut Criterion) {
     let mut g = c.benchmark_group("ternary_gemv_30_layers");
     g.sample_size(20);
     let all = std::thread::available_parallelism().map_or(1, |n| n.get());
-    for (name, rows, cols) in [("up", 6912, 2560), ("down", 2560, 6912)] {
+    let k = Kernel::available().pop().expect("a kernel");
+    let mut layouts = vec![(Packing::Bits2, k.name().to_string())];
+    if k.packing() == Packing::Base3 {
+        layouts.push((Packing::Base3, format!("{}_base3", k.name())));
+    }
+    for ((name, rows, cols), (packing, kname)) in [("up", 6912, 2560), ("down", 2560, 6912)]
+        .into_iter()
+        .flat_map(|s| layouts.iter().map(move |l| (s, l.clone())))
+    {
         let layers: Vec<PackedTernary> = (0..30)
             .map(|l| {
                 let t: Vec<i8> = noise(rows * cols, 20 + l)
                     .map(|x| (x % 3) as i8 - 1)
                     .collect();
-                PackedTernary::from_hf(&bit_ttt::quant::pack_ternary(&t, rows, cols), rows, cols)
+                let hf = bit_ttt::quant::pack_ternary(&t, rows, cols);
+                PackedTernary::from_hf_as(&hf, rows, cols, packing)
             })
             .collect();
         let x = QuantizedRows::new(&floats(cols, 9), 1);
         let mut acc = vec![0i32; rows];
-        g.throughput(Throughput::Bytes((30 * layers[0].data.len()) as u64));
+        g.throughput(Throughput::Elements((30 * rows * cols) as u64));
         for threads in [1, all] {
             let pool = Pool::new(threads).expect("thread pool");
-            let k = Kernel::available().pop().expect("a kernel");
-            let id = format!("{name}_{}_{threads}t", k.name());
+            let id = format!("{name}_{kname}_{threads}t");
             g.bench_function(BenchmarkId::from_parameter(id), |b| {
                 b.iter(|| {
                     pool.install(|| {

@@ -100,14 +100,25 @@
 #define BIT_TTT_LOG_DEBUG 4
 
 /**
- * Weights per block.
+ * Weights per block of the 2-bit layout.
  */
 #define BLOCK 256
 
 /**
- * Bytes per block (2 bits per weight).
+ * Bytes per block (of either layout).
  */
-#define BLOCK_BYTES (BLOCK / 4)
+#define BLOCK_BYTES 64
+
+/**
+ * Weights per block of the base-3 layout.
+ */
+#define BLOCK3 320
+
+/**
+ * Activations are padded to a multiple of both block sizes, so one quantised input serves a
+ * matrix of either layout.
+ */
+#define ACT_PAD 1280
 
 /**
  * A ternary matrix-product implementation.

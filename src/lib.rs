@@ -181,7 +181,7 @@ impl Model {
         // Loading repacks and quantises in parallel on the model's own threads.
         let pool = kernels::pool::Pool::new(params.n_threads)
             .map_err(|e| Error::internal(format!("thread pool: {e}")))?;
-        let (weights, computed) = pool.install(|| loader::load_weights(&src))?;
+        let (weights, computed) = pool.install(|| loader::load_weights(&src, kernel.packing()))?;
         let fingerprint = print.unwrap_or(computed);
         let tokenizer = Tokenizer::from_source(&src)?;
         let cfg = &weights.config;
@@ -391,9 +391,20 @@ pub fn convert_with_head(
     out: impl AsRef<Path>,
     head: HeadFormat,
 ) -> Result<loader::prepacked::ConvertStats> {
+    convert_with(src, out, head, kernels::Kernel::best().packing())
+}
+
+/// `convert_with_head`, with the ternary matrices in `packing` rather than in the layout of
+/// this CPU's fastest kernel.
+pub fn convert_with(
+    src: impl AsRef<Path>,
+    out: impl AsRef<Path>,
+    head: HeadFormat,
+    packing: kernels::packed::Packing,
+) -> Result<loader::prepacked::ConvertStats> {
     let pool =
         kernels::pool::Pool::new(0).map_err(|e| Error::internal(format!("thread pool: {e}")))?;
-    pool.install(|| loader::prepacked::convert(src.as_ref(), out.as_ref(), head))
+    pool.install(|| loader::prepacked::convert(src.as_ref(), out.as_ref(), head, packing))
 }
 
 /// Memory a model folder and one session of `n_ctx` tokens (0 = the model's maximum) will take,

@@ -1,14 +1,16 @@
 //! Every ternary kernel this CPU runs equals the scalar oracle bit for bit on the int32
-//! accumulators: random shapes (sizes that are not multiples of any block), random and extreme
-//! activations, one token (decode) and several (prefill). The transposed product of the backward
-//! pass is checked the same way, bit for bit on its f32 outputs.
+//! accumulators, with the weights in each layout (2-bit and base-3): random shapes (sizes that
+//! are not multiples of any block), random and extreme activations, one token (decode) and
+//! several (prefill). The transposed product of the backward pass is checked the same way, bit
+//! for bit on its f32 outputs.
 
 use std::sync::LazyLock;
 
 use bit_ttt::kernels::Kernel;
-use bit_ttt::kernels::packed::{PackedTernary, QuantizedRows};
+use bit_ttt::kernels::packed::{DIGITS, PackedTernary, Packing, QuantizedRows};
 use bit_ttt::kernels::pool::Pool;
 use bit_ttt::kernels::scalar;
+use bit_ttt::loader::bytes::Bytes;
 use bit_ttt::quant::pack_ternary;
 use proptest::prelude::*;
 
@@ -29,9 +31,9 @@ fn check_all_kernels(
     let hf = pack_ternary(t, rows, cols);
     let mut want = vec![0i32; rows * n_tok];
     scalar::ternary_gemm(&hf, rows, cols, q, n_tok, &mut want);
-    let packed = PackedTernary::from_hf(&hf, rows, cols);
     let x = QuantizedRows::from_int8(q, n_tok);
-    for k in Kernel::available() {
+    for (k, packing) in kernels_and_packings() {
+        let packed = PackedTernary::from_hf_as(&hf, rows, cols, packing);
         for threads in 1..=3 {
             let mut got = vec![0i32; rows * n_tok];
             match threads {
@@ -43,8 +45,9 @@ fn check_all_kernels(
                     prop_assert_eq!(
                         got[r * n_tok + tok],
                         want[tok * rows + r],
-                        "kernel {} on {} threads, row {} token {}",
+                        "kernel {} ({}) on {} threads, row {} token {}",
                         k.name(),
+                        packing.name(),
                         threads,
                         r,
                         tok
@@ -54,6 +57,15 @@ fn check_all_kernels(
         }
     }
     Ok(())
+}
+
+/// Every kernel this CPU runs with both layouts (a kernel given the layout it does not read
+/// fast runs the portable loop over it).
+fn kernels_and_packings() -> Vec<(Kernel, Packing)> {
+    Kernel::available()
+        .into_iter()
+        .flat_map(|k| [(k, Packing::Bits2), (k, Packing::Base3)])
+        .collect()
 }
 
 fn ternary(len: usize) -> impl Strategy<Value = Vec<i8>> {
@@ -101,8 +113,8 @@ fn check_transposed(
     let hf = pack_ternary(t, rows, cols);
     let mut want = dx0.to_vec();
     scalar::ternary_gemm_t(&hf, rows, cols, dy, n_tok, &mut want);
-    let packed = PackedTernary::from_hf(&hf, rows, cols);
-    for k in Kernel::available() {
+    for (k, packing) in kernels_and_packings() {
+        let packed = PackedTernary::from_hf_as(&hf, rows, cols, packing);
         let mut got = dx0.to_vec();
         k.ternary_gemm_t(&packed, dy, n_tok, &mut got);
         let same = got
@@ -111,8 +123,9 @@ fn check_transposed(
             .all(|(a, b)| a.to_bits() == b.to_bits());
         prop_assert!(
             same,
-            "kernel {} differs from the oracle ({}x{}, {} tokens)",
+            "kernel {} ({}) differs from the oracle ({}x{}, {} tokens)",
             k.name(),
+            packing.name(),
             rows,
             cols,
             n_tok
@@ -164,6 +177,64 @@ fn model_sized_rows() {
                 .map(|i| ((i * 31 + 7) % 256) as u8 as i8)
                 .collect();
             check_all_kernels(&t, rows, cols, &q, n_tok).unwrap();
+        }
+    }
+}
+
+/// A base-3 file may hold any byte, the 13 values no weights pack to included (a damaged or
+/// foreign file): every kernel reads each byte as `DIGITS` defines it, so they all agree.
+#[test]
+fn every_base3_byte_reads_as_its_digits() {
+    // Rows of three blocks (960 columns, the last block part padding), every byte value in
+    // each position class, tokens of mixed sign.
+    let (rows, cols) = (12usize, 900usize);
+    let row_bytes = 3 * 64;
+    let data: Vec<u8> = (0..rows * row_bytes)
+        .map(|i| (i * 37 + i / 256) as u8)
+        .collect();
+    let packed = PackedTernary {
+        rows,
+        cols,
+        cols_padded: 960,
+        packing: Packing::Base3,
+        data: Bytes::owned(data.clone()),
+    };
+    for n_tok in [1usize, 6] {
+        let q: Vec<i8> = (0..n_tok * cols)
+            .map(|i| ((i * 113 + 5) % 256) as u8 as i8)
+            .collect();
+        let x = QuantizedRows::from_int8(&q, n_tok);
+        // The sums straight from the definition, padding columns (≥ cols) reading zeros.
+        let mut want = vec![0i32; rows * n_tok];
+        for r in 0..rows {
+            for t in 0..n_tok {
+                let mut sum = 0i32;
+                for (i, &b) in data[r * row_bytes..(r + 1) * row_bytes].iter().enumerate() {
+                    let (block, j) = (i / 64, i % 64);
+                    for (k, &d) in DIGITS[b as usize].iter().enumerate() {
+                        let c = block * 320 + 64 * k + j;
+                        if c < cols {
+                            sum += i32::from(d) * i32::from(q[t * cols + c]);
+                        }
+                    }
+                }
+                want[r * n_tok + t] = sum;
+            }
+        }
+        for k in Kernel::available() {
+            for threads in 1..=2 {
+                let mut got = vec![0i32; rows * n_tok];
+                match threads {
+                    1 => k.ternary_gemm(&packed, &x, &mut got),
+                    _ => POOLS[0].install(|| k.ternary_gemm(&packed, &x, &mut got)),
+                }
+                assert_eq!(
+                    got,
+                    want,
+                    "kernel {} on {threads} threads, {n_tok} tokens",
+                    k.name()
+                );
+            }
         }
     }
 }

@@ -64,6 +64,50 @@ fn converted_files_give_identical_logits_and_share_state() {
     }
 }
 
+/// A file in either ternary layout loads on every kernel of this CPU (in place where the kernel
+/// reads that layout, repacked where it reads the other) with the logits of the model folder on
+/// that kernel (the float parts, the head's product among them, differ between kernels);
+/// a base-3 file says so in its format, so that a library reading only 2-bit files refuses it
+/// by name.
+#[test]
+fn both_layouts_load_on_every_kernel_with_the_same_logits() {
+    use bit_ttt::kernels::Kernel;
+    use bit_ttt::kernels::packed::Packing;
+    let tmp = tempfile::TempDir::new().unwrap();
+    for name in ["bitnet_packed_auto", "llama_packed_sharded"] {
+        let dir = fixture(name);
+        let ids = [1u32, 5, 9, 3, 7, 2];
+        let params = |kernel| ModelParams {
+            kernel: Some(kernel),
+            ..Default::default()
+        };
+        let want: Vec<Vec<f32>> = Kernel::available()
+            .into_iter()
+            .map(|k| logits(&Model::load(&dir, &params(k)).unwrap(), &ids))
+            .collect();
+        for packing in [Packing::Bits2, Packing::Base3] {
+            let out = tmp.path().join(format!("{name}-{}.bttt", packing.name()));
+            bit_ttt::convert_with(&dir, &out, HeadFormat::Native, packing).unwrap();
+            let text = String::from_utf8_lossy(&std::fs::read(&out).unwrap()[..4096]).to_string();
+            let format = match packing {
+                Packing::Bits2 => "packed-v1",
+                Packing::Base3 => "packed-v2",
+            };
+            assert!(text.contains(format), "{name} {}: {format}", packing.name());
+            for (kernel, want) in Kernel::available().into_iter().zip(&want) {
+                let m = Model::load(&out, &params(kernel)).unwrap();
+                assert_eq!(
+                    &logits(&m, &ids),
+                    want,
+                    "{name}: {} file on {}",
+                    packing.name(),
+                    kernel.name()
+                );
+            }
+        }
+    }
+}
+
 /// A file converted with a quantised head: loading it with that head maps the stored copy (no
 /// quantisation at load) and gives the logits of quantising at load; any other head still works.
 #[test]

@@ -4,6 +4,7 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use bit_ttt::kernels::packed::Packing;
 use bit_ttt::{
     ChatMessage, GenerateParams, HeadFormat, KvType, Model, ModelParams, SamplingParams, Session,
     SessionParams,
@@ -57,6 +58,11 @@ struct ConvertArgs {
     /// it instead of quantising at every load.
     #[arg(long, default_value = "native")]
     head: String,
+    /// Ternary layout: base3 (1.6 bits per weight, read by the AVX-512 VBMI kernel), 2bit
+    /// (every other kernel), or auto (this CPU's fastest kernel's). A CPU whose kernel reads the
+    /// other layout repacks at load.
+    #[arg(long, default_value = "auto")]
+    packing: String,
 }
 
 #[derive(Args)]
@@ -401,6 +407,7 @@ fn info(a: &InfoArgs) -> bit_ttt::Result<()> {
                 "weight_bytes": i.weight_bytes, "fp16_bytes": i.fp16_bytes,
                 "threads": model.n_threads(),
                 "kernel": model.kernel().name(),
+                "packing": model.kernel().packing().name(),
             })
         );
         return Ok(());
@@ -428,8 +435,24 @@ fn info(a: &InfoArgs) -> bit_ttt::Result<()> {
         saved * 100.0
     );
     println!("threads      {}", model.n_threads());
-    println!("kernel       {}", model.kernel().name());
+    println!(
+        "kernel       {} (ternary weights {})",
+        model.kernel().name(),
+        model.kernel().packing().name()
+    );
     Ok(())
+}
+
+/// `--packing`: a layout's name, or `auto` for this CPU's fastest kernel's.
+fn packing(name: &str) -> bit_ttt::Result<Packing> {
+    match name {
+        "auto" => Ok(bit_ttt::kernels::Kernel::best().packing()),
+        _ => Packing::parse(name).ok_or_else(|| {
+            bit_ttt::Error::invalid_argument(format!(
+                "unknown packing `{name}` (known: auto, 2bit, base3)"
+            ))
+        }),
+    }
 }
 
 /// Peak resident set size of this process so far (Linux: VmHWM), in bytes.
@@ -614,7 +637,8 @@ fn main() -> ExitCode {
         Command::Convert(a) => {
             let start = std::time::Instant::now();
             HeadFormat::parse(&a.head)
-                .and_then(|head| bit_ttt::convert_with_head(&a.model, &a.out, head))
+                .and_then(|head| Ok((head, packing(&a.packing)?)))
+                .and_then(|(head, p)| bit_ttt::convert_with(&a.model, &a.out, head, p))
                 .map(|s| {
                     eprintln!(
                         "wrote {} ({} tensors, {}) in {:.1} s",

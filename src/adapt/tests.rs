@@ -9,7 +9,8 @@ fn transformer(name: &str, kernel: Kernel) -> Transformer {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name);
-    let (weights, _) = loader::load_weights(&Source::Dir(dir)).unwrap();
+    let (weights, _) =
+        loader::load_weights(&Source::Dir(dir), crate::kernels::Kernel::best().packing()).unwrap();
     Transformer::new(weights, kernel, crate::HeadFormat::Native)
 }
 

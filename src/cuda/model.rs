@@ -8,6 +8,7 @@ use super::{Gpu, cuda_err, dim, status};
 use crate::Model;
 use crate::config::Activation;
 use crate::error::{Error, ErrorKind, Result};
+use crate::kernels::packed::Packing;
 use crate::loader::safetensors::DType;
 use crate::model::linear::{FloatMatrix, Linear};
 
@@ -122,16 +123,20 @@ impl GpuModel {
         for (li, l) in w.layers.iter().enumerate() {
             let lin = |x: &Linear, name: &str| -> Result<GpuLinear> {
                 match x {
-                    Linear::Ternary(t) => Ok(GpuLinear {
-                        data: gpu
-                            .stream
-                            .clone_htod(&t.packed.data[..])
-                            .map_err(|e| cuda_err("upload", e))?,
-                        rows: t.packed.rows,
-                        cols: t.packed.cols,
-                        row_bytes: t.packed.row_bytes(),
-                        gamma: t.gamma,
-                    }),
+                    Linear::Ternary(t) => {
+                        // The CUDA kernels read the 2-bit layout.
+                        let packed = t.packed.repacked(Packing::Bits2);
+                        Ok(GpuLinear {
+                            data: gpu
+                                .stream
+                                .clone_htod(&packed.data[..])
+                                .map_err(|e| cuda_err("upload", e))?,
+                            rows: packed.rows,
+                            cols: packed.cols,
+                            row_bytes: packed.row_bytes(),
+                            gamma: t.gamma,
+                        })
+                    }
                     Linear::Dense(_) => Err(Error::new(
                         ErrorKind::Unsupported,
                         format!("layer {li} {name}: dense projections do not run on the GPU yet"),

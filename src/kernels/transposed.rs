@@ -2,35 +2,47 @@
 //! f32 gradients `dy` (the straight-through estimator passes them through the int8 activation
 //! quantiser unchanged, so they are never quantised).
 //!
-//! Work is tiled as (16 tokens) × (one 256-column block of the kernel layout): each weight block
-//! is decoded once to ±1/0 floats and then used by 16 tokens from an L1-resident accumulator.
+//! Work is tiled as (16 tokens) × (one block of the kernel layout: 256 columns, or 320 in the
+//! base-3 layout): each weight block is decoded once to ±1/0 floats and then used by 16 tokens from an L1-resident accumulator.
 //! Every product is exact (dy · ±1 or 0), and each output sums its rows in ascending order from
 //! zero before being added to `dx`, so every path equals the scalar oracle bit for bit.
 
 use super::Kernel;
-use super::packed::{BLOCK, BLOCK_BYTES, PackedTernary};
+use super::packed::{BLOCK, BLOCK_BYTES, BLOCK3, DIGITS, PackedTernary, Packing};
 
 /// Tokens per tile.
 const TOKENS: usize = 16;
 
-/// One tile: tokens `t0..t0 + acc.len() / BLOCK`, column block `b`; `acc` is `[tokens][BLOCK]`.
+/// One tile: tokens `t0..t0 + acc.len() / B`, column block `b` of B weights (the packing's
+/// block); `acc` is `[tokens][B]`.
 #[inline(always)]
-fn tile(w: &PackedTernary, dy: &[f32], t0: usize, b: usize, acc: &mut [f32]) {
+fn tile_of<const B: usize>(w: &PackedTernary, dy: &[f32], t0: usize, b: usize, acc: &mut [f32]) {
     let rb = w.row_bytes();
-    let mut vals = [0.0f32; BLOCK];
+    let mut vals = [0.0f32; B];
     for r in 0..w.rows {
         let block = &w.data[r * rb + b * BLOCK_BYTES..][..BLOCK_BYTES];
-        for (k, quarter) in vals.chunks_exact_mut(64).enumerate() {
-            for (v, &byte) in quarter.iter_mut().zip(block) {
-                *v = f32::from((byte >> (2 * k)) & 3) - 1.0;
+        for (k, slice) in vals.chunks_exact_mut(64).enumerate() {
+            for (v, &byte) in slice.iter_mut().zip(block) {
+                *v = match w.packing {
+                    Packing::Bits2 => f32::from((byte >> (2 * k)) & 3) - 1.0,
+                    Packing::Base3 => f32::from(DIGITS[byte as usize][k]),
+                };
             }
         }
-        for (t, a) in acc.chunks_exact_mut(BLOCK).enumerate() {
+        for (t, a) in acc.chunks_exact_mut(B).enumerate() {
             let d = dy[(t0 + t) * w.rows + r];
             for (a, &v) in a.iter_mut().zip(&vals) {
                 *a += d * v;
             }
         }
+    }
+}
+
+#[inline(always)]
+fn tile(w: &PackedTernary, dy: &[f32], t0: usize, b: usize, acc: &mut [f32]) {
+    match w.packing {
+        Packing::Bits2 => tile_of::<BLOCK>(w, dy, t0, b, acc),
+        Packing::Base3 => tile_of::<BLOCK3>(w, dy, t0, b, acc),
     }
 }
 
@@ -66,21 +78,22 @@ impl Kernel {
     pub fn ternary_gemm_t(self, w: &PackedTernary, dy: &[f32], n_tok: usize, dx: &mut [f32]) {
         assert_eq!(dy.len(), n_tok * w.rows, "ternary_gemm_t: dy size");
         assert_eq!(dx.len(), n_tok * w.cols, "ternary_gemm_t: dx size");
-        let blocks = w.cols_padded / BLOCK;
+        let block = w.packing.block();
+        let blocks = w.cols_padded / block;
         let tiles: Vec<(usize, usize)> = (0..n_tok)
             .step_by(TOKENS)
             .flat_map(|t0| (0..blocks).map(move |b| (t0, b)))
             .collect();
         let done: Vec<(usize, usize, Vec<f32>)> = super::pool::map(tiles, |(t0, b)| {
             let n = TOKENS.min(n_tok - t0);
-            let mut acc = vec![0.0f32; n * BLOCK];
+            let mut acc = vec![0.0f32; n * block];
             self.tile_t(w, dy, t0, b, &mut acc);
             (t0, b, acc)
         });
         for (t0, b, acc) in done {
-            let c0 = b * BLOCK;
-            let width = BLOCK.min(w.cols - c0);
-            for (t, a) in acc.chunks_exact(BLOCK).enumerate() {
+            let c0 = b * block;
+            let width = block.min(w.cols - c0);
+            for (t, a) in acc.chunks_exact(block).enumerate() {
                 let row = &mut dx[(t0 + t) * w.cols + c0..][..width];
                 row.iter_mut().zip(a).for_each(|(x, a)| *x += a);
             }

@@ -4,7 +4,10 @@
 
 use std::arch::x86_64::*;
 
-use super::packed::{BLOCK, BLOCK_BYTES, PackedTernary, QuantizedRows, TOKEN_BLOCK, for_rows};
+use super::packed::{
+    BLOCK, BLOCK_BYTES, BLOCK3, DIGITS, PackedTernary, Packing, QuantizedRows, TOKEN_BLOCK,
+    for_rows,
+};
 
 /// Σ code·q over one row for N tokens with AVX2.
 ///
@@ -167,7 +170,7 @@ pub fn gemm_avx2(w: &PackedTernary, x: &QuantizedRows, r0: usize, acc: &mut [i32
         std::arch::is_x86_feature_detected!("avx2"),
         "AVX2 kernel on a CPU without AVX2"
     );
-    assert_eq!(x.cols_padded, w.cols_padded);
+    assert!(x.cols_padded >= w.cols_padded && w.packing == Packing::Bits2);
     let blocks = w.cols_padded / BLOCK;
     // SAFETY: AVX2 is present (checked above); rows and tokens have `blocks` whole blocks.
     for_rows(
@@ -200,7 +203,7 @@ pub fn gemm_avx512_vnni(
             && std::arch::is_x86_feature_detected!("avx512bw"),
         "AVX-512 VNNI kernel on a CPU without it"
     );
-    assert_eq!(x.cols_padded, w.cols_padded);
+    assert!(x.cols_padded >= w.cols_padded && w.packing == Packing::Bits2);
     let (blocks, rb, n_tok) = (w.cols_padded / BLOCK, w.row_bytes(), x.n_tok);
     let n_rows = acc.len() / n_tok;
     let row_ptr = |i: usize| w.data[(r0 + i) * rb..(r0 + i + 1) * rb].as_ptr();
@@ -248,6 +251,233 @@ pub fn gemm_avx512_vnni(
                 // SAFETY: as above.
                 let s =
                     unsafe { rows_vnni_decode::<1, 4>([row_ptr(r)], x.token(tt).as_ptr(), blocks) };
+                store(r, tt, &s);
+            }
+        }
+    }
+}
+
+/// The codes (digit + 1) of digit k of each byte 0..128, as `packed::DIGITS` has them: the
+/// tables `vpermi2b` looks base-3 digits up in, built at compile time.
+static CODES3: [[u8; 128]; 5] = {
+    let mut t = [[0u8; 128]; 5];
+    let mut i = 0;
+    while i < 128 {
+        let d = DIGITS[i];
+        let mut k = 0;
+        while k < 5 {
+            t[k][i] = (d[k] + 1) as u8;
+            k += 1;
+        }
+        i += 1;
+    }
+    t
+};
+
+/// `CODES3` in registers: entries 0..64 of each digit in `lo`, 64..128 in `hi`. Loaded once
+/// per call of the kernel, not per row (a row of 2560 columns is only eight blocks).
+struct Tables3 {
+    lo: [__m512i; 5],
+    hi: [__m512i; 5],
+}
+
+impl Tables3 {
+    #[target_feature(enable = "avx512f")]
+    fn load() -> Self {
+        let (mut lo, mut hi) = ([_mm512_setzero_si512(); 5], [_mm512_setzero_si512(); 5]);
+        for k in 0..5 {
+            // SAFETY: each table row holds 128 bytes.
+            unsafe {
+                lo[k] = _mm512_loadu_si512(CODES3[k].as_ptr().cast());
+                hi[k] = _mm512_loadu_si512(CODES3[k].as_ptr().add(64).cast());
+            }
+        }
+        Tables3 { lo, hi }
+    }
+}
+
+/// The codes of digit k of 64 base-3 bytes: the table entry of |byte| (`vpermi2b` reads its
+/// seven low bits), mirrored (2 − code) where the byte is negative.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+fn codes3(abs: __m512i, neg: __mmask64, lo: __m512i, hi: __m512i) -> __m512i {
+    let c = _mm512_permutex2var_epi8(lo, abs, hi);
+    _mm512_mask_sub_epi8(c, neg, _mm512_set1_epi8(2), c)
+}
+
+/// Σ code·q over R rows for N tokens, base-3 layout (prefill); as `rows_vnni`.
+///
+/// # Safety
+/// The CPU supports AVX-512 F/BW/VBMI and VNNI; each `rows[r]` points to `blocks * 64` bytes
+/// and each `q[t]` to `blocks * 320` int8 values.
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
+unsafe fn rows_base3<const R: usize, const N: usize>(
+    tables: &Tables3,
+    rows: [*const u8; R],
+    q: [*const i8; N],
+    blocks: usize,
+) -> [[i32; N]; R] {
+    let (lo, hi) = (&tables.lo, &tables.hi);
+    let mut acc = [[_mm512_setzero_si512(); N]; R];
+    for b in 0..blocks {
+        let mut abs = [_mm512_setzero_si512(); R];
+        let mut neg = [0u64; R];
+        for r in 0..R {
+            // SAFETY: within each row's `blocks * 64` bytes (caller's contract).
+            let w = unsafe { _mm512_loadu_si512(rows[r].add(b * BLOCK_BYTES).cast()) };
+            neg[r] = _mm512_movepi8_mask(w);
+            abs[r] = _mm512_abs_epi8(w);
+        }
+        for k in 0..5 {
+            let mut qv = [_mm512_setzero_si512(); N];
+            for (v, p) in qv.iter_mut().zip(q) {
+                // SAFETY: columns 64·k .. +64 of block b, within each token's values.
+                *v = unsafe { _mm512_loadu_si512(p.add(b * BLOCK3 + 64 * k).cast()) };
+            }
+            for r in 0..R {
+                let c = codes3(abs[r], neg[r], lo[k], hi[k]);
+                for t in 0..N {
+                    acc[r][t] = _mm512_dpbusd_epi32(acc[r][t], c, qv[t]);
+                }
+            }
+        }
+    }
+    let mut out = [[0i32; N]; R];
+    for (or, ar) in out.iter_mut().zip(acc) {
+        for (o, a) in or.iter_mut().zip(ar) {
+            *o = _mm512_reduce_add_epi32(a);
+        }
+    }
+    out
+}
+
+/// Σ code·q over R rows for one token (decode), base-3 layout; as `rows_vnni_decode`, the
+/// digit k of a block going to accumulator k mod A.
+///
+/// # Safety
+/// As `rows_base3` with N = 1.
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
+unsafe fn rows_base3_decode<const R: usize, const A: usize>(
+    tables: &Tables3,
+    rows: [*const u8; R],
+    q: *const i8,
+    blocks: usize,
+) -> [i32; R] {
+    let (lo, hi) = (&tables.lo, &tables.hi);
+    let mut acc = [[_mm512_setzero_si512(); A]; R];
+    for b in 0..blocks {
+        for r in rows {
+            // A hint that never faults, wherever it points.
+            _mm_prefetch::<_MM_HINT_T0>(r.wrapping_add(b * BLOCK_BYTES + PREFETCH).cast());
+        }
+        let mut abs = [_mm512_setzero_si512(); R];
+        let mut neg = [0u64; R];
+        for r in 0..R {
+            // SAFETY: within each row's `blocks * 64` bytes (caller's contract).
+            let w = unsafe { _mm512_loadu_si512(rows[r].add(b * BLOCK_BYTES).cast()) };
+            neg[r] = _mm512_movepi8_mask(w);
+            abs[r] = _mm512_abs_epi8(w);
+        }
+        for k in 0..5 {
+            // SAFETY: columns 64·k .. +64 of block b, within the token's values.
+            let qv = unsafe { _mm512_loadu_si512(q.add(b * BLOCK3 + 64 * k).cast()) };
+            for r in 0..R {
+                let c = codes3(abs[r], neg[r], lo[k], hi[k]);
+                acc[r][k % A] = _mm512_dpbusd_epi32(acc[r][k % A], c, qv);
+            }
+        }
+    }
+    let mut out = [0i32; R];
+    for (o, a) in out.iter_mut().zip(acc) {
+        let mut sum = _mm512_setzero_si512();
+        for x in a {
+            sum = _mm512_add_epi32(sum, x);
+        }
+        *o = _mm512_reduce_add_epi32(sum);
+    }
+    out
+}
+
+/// AVX-512 VBMI kernel over the base-3 layout; same contract and tiling as
+/// `gemm_avx512_vnni`, except that streamed decode takes rows two at a time (one at a time ran
+/// 512-byte rows at a third of the speed in a 30-layer bench; two adjacent rows are still one
+/// sequential stream).
+pub fn gemm_avx512_base3(
+    w: &PackedTernary,
+    x: &QuantizedRows,
+    r0: usize,
+    acc: &mut [i32],
+    streamed: bool,
+) {
+    assert!(
+        std::arch::is_x86_feature_detected!("avx512vnni")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vbmi"),
+        "AVX-512 VBMI kernel on a CPU without it"
+    );
+    assert!(x.cols_padded >= w.cols_padded && w.packing == Packing::Base3);
+    // SAFETY: AVX-512 F is present (checked above).
+    let tables = unsafe { Tables3::load() };
+    let (blocks, rb, n_tok) = (w.cols_padded / BLOCK3, w.row_bytes(), x.n_tok);
+    let n_rows = acc.len() / n_tok;
+    let row_ptr = |i: usize| w.data[(r0 + i) * rb..(r0 + i + 1) * rb].as_ptr();
+    let mut store = |i: usize, t: usize, s: &[i32]| {
+        for (k, v) in s.iter().enumerate() {
+            acc[i * n_tok + t + k] = v - x.sums[t + k];
+        }
+    };
+    for t0 in (0..n_tok).step_by(TOKEN_BLOCK) {
+        let t1 = (t0 + TOKEN_BLOCK).min(n_tok);
+        let mut i = 0;
+        while n_tok > 1 && i + 4 <= n_rows {
+            let rows = [i, i + 1, i + 2, i + 3].map(row_ptr);
+            let mut t = t0;
+            while t + 4 <= t1 {
+                let q = [t, t + 1, t + 2, t + 3].map(|k| x.token(k).as_ptr());
+                // SAFETY: AVX-512 F/BW/VBMI/VNNI are present (checked above); rows and tokens
+                // hold `blocks` whole blocks.
+                let s = unsafe { rows_base3::<4, 4>(&tables, rows, q, blocks) };
+                for (r, sr) in s.iter().enumerate() {
+                    store(i + r, t, sr);
+                }
+                t += 4;
+            }
+            for tt in t..t1 {
+                // SAFETY: as above.
+                let s =
+                    unsafe { rows_base3::<4, 1>(&tables, rows, [x.token(tt).as_ptr()], blocks) };
+                for (r, sr) in s.iter().enumerate() {
+                    store(i + r, tt, sr);
+                }
+            }
+            i += 4;
+        }
+        while n_tok == 1 && !streamed && i + 4 <= n_rows {
+            let rows = [i, i + 1, i + 2, i + 3].map(row_ptr);
+            // SAFETY: as above.
+            let s =
+                unsafe { rows_base3_decode::<4, 2>(&tables, rows, x.token(0).as_ptr(), blocks) };
+            for (k, v) in s.iter().enumerate() {
+                store(i + k, 0, &[*v]);
+            }
+            i += 4;
+        }
+        while n_tok == 1 && i + 2 <= n_rows {
+            let rows = [i, i + 1].map(row_ptr);
+            // SAFETY: as above.
+            let s =
+                unsafe { rows_base3_decode::<2, 3>(&tables, rows, x.token(0).as_ptr(), blocks) };
+            for (k, v) in s.iter().enumerate() {
+                store(i + k, 0, &[*v]);
+            }
+            i += 2;
+        }
+        for r in i..n_rows {
+            for tt in t0..t1 {
+                // SAFETY: as above.
+                let s = unsafe {
+                    rows_base3_decode::<1, 4>(&tables, [row_ptr(r)], x.token(tt).as_ptr(), blocks)
+                };
                 store(r, tt, &s);
             }
         }

@@ -10,7 +10,8 @@ use super::source::Source;
 use super::weight_files;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::kernels::packed::BLOCK;
+use crate::kernels::Kernel;
+use crate::kernels::packed::PackedTernary;
 use crate::quant;
 
 /// Bytes a model and one session of it will take.
@@ -113,13 +114,15 @@ pub fn estimate(src: &Source, n_ctx: usize, n_batch: usize) -> Result<MemoryEsti
             let numel: u64 = t.shape.iter().map(|&d| d as u64).product();
             let is_projection = name.starts_with("model.layers.") && name.ends_with("_proj.weight");
             let bytes = if is_projection && t.shape.len() == 2 {
-                // Ternary weights are repacked to 2 bits in whole blocks of columns.
+                // Ternary weights are repacked for this CPU's kernel in whole blocks of columns.
                 let rows = if size == 1 {
                     t.shape[0] * quant::VALUES_PER_BYTE
                 } else {
                     t.shape[0]
                 };
-                (rows * t.shape[1].div_ceil(BLOCK) * (BLOCK / 4)) as u64
+                let packing = Kernel::best().packing();
+                let cols = PackedTernary::padded_cols(t.shape[1], packing);
+                (rows * cols / packing.block() * 64) as u64
             } else if t.shape.len() == 1 && size < 4 {
                 numel * 4 // norms are held in f32
             } else {

@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 
 use crate::config::{Config, Family, LinearClass, QuantMode};
 use crate::error::{Error, Result};
-use crate::kernels::packed::{BLOCK, PackedTernary};
+use crate::kernels::packed::{PackedTernary, Packing};
 use crate::model::linear::{FloatMatrix, Linear, TernaryMatrix};
 use crate::model::{LayerWeights, Weights};
 use crate::quant;
@@ -60,9 +60,9 @@ pub fn weight_files(src: &Source) -> Result<Vec<String>> {
     ))
 }
 
-/// Loads config and weights; weights stay memory-mapped where their format allows it.
-/// Also returns the model's fingerprint (see `fingerprint`).
-pub fn load_weights(src: &Source) -> Result<(Weights, u64)> {
+/// Loads config and weights, ternary matrices in `packing`; weights stay memory-mapped where
+/// their format allows it. Also returns the model's fingerprint (see `fingerprint`).
+pub fn load_weights(src: &Source, packing: Packing) -> Result<(Weights, u64)> {
     if let Source::Dir(d) = src
         && !d.is_dir()
     {
@@ -79,7 +79,7 @@ pub fn load_weights(src: &Source) -> Result<(Weights, u64)> {
         store.add_backing(&src.describe(&file), src.backing(&file)?)?;
     }
     let print = fingerprint(&config_text, &store);
-    Ok((build_weights(config, &store)?, print))
+    Ok((build_weights(config, &store, packing)?, print))
 }
 
 /// A 64-bit identity of a model: its config and every tensor's name, type, shape and a sample
@@ -150,6 +150,14 @@ fn kept_in_float(cfg: &Config, module: &str) -> bool {
     })
 }
 
+/// The suffix of a pre-packed file's ternary tensors (`{module}.packed`, `{module}.packed3`).
+pub(crate) fn packed_name(packing: Packing) -> &'static str {
+    match packing {
+        Packing::Bits2 => "packed",
+        Packing::Base3 => "packed3",
+    }
+}
+
 /// γ from the checkpoint's `weight_scale` under the config's linear class.
 fn gamma_from_scale(store: &TensorStore, module: &str, class: LinearClass) -> Result<f32> {
     let t = store.require(&format!("{module}.weight_scale"))?;
@@ -170,13 +178,19 @@ pub(crate) fn build_linear(
     store: &TensorStore,
     cfg: &Config,
     module: &str,
-    rows: usize,
-    cols: usize,
+    (rows, cols): (usize, usize),
+    packing: Packing,
 ) -> Result<Linear> {
-    if let Some(p) = store.get(&format!("{module}.packed")) {
-        // A pre-packed file: the kernels' layout, used in place.
-        let cols_padded = cols.div_ceil(BLOCK) * BLOCK;
-        p.expect_shape(&[rows, cols_padded / 4])?;
+    let stored = [Packing::Bits2, Packing::Base3].into_iter().find_map(|k| {
+        store
+            .get(&format!("{module}.{}", packed_name(k)))
+            .map(|p| (k, p))
+    });
+    if let Some((stored, p)) = stored {
+        // A pre-packed file: the kernels' layout, used in place (repacked if this CPU's kernel
+        // reads the other one).
+        let cols_padded = PackedTernary::padded_cols(cols, stored);
+        p.expect_shape(&[rows, cols_padded / stored.block() * 64])?;
         if p.dtype != DType::U8 {
             return Err(p.error(format!("dtype {:?}, expected U8", p.dtype)));
         }
@@ -190,8 +204,10 @@ pub(crate) fn build_linear(
             rows,
             cols,
             cols_padded,
+            packing: stored,
             data: p.data.clone(),
-        };
+        }
+        .repacked(packing);
         return Ok(Linear::Ternary(TernaryMatrix { packed, gamma }));
     }
     let t = store.require(&format!("{module}.weight"))?;
@@ -201,7 +217,7 @@ pub(crate) fn build_linear(
     // Every encoding is brought to the HF packed layout, then repacked for the kernels.
     let ternary = |hf: &[u8], gamma: f32| {
         Linear::Ternary(TernaryMatrix {
-            packed: PackedTernary::from_hf(hf, rows, cols),
+            packed: PackedTernary::from_hf_as(hf, rows, cols, packing),
             gamma,
         })
     };
@@ -261,7 +277,7 @@ pub(crate) fn projection_shape(c: &Config, module: &str) -> Option<(usize, usize
 }
 
 /// Builds the engine's weights from a checkpoint's tensors, checking every name and shape.
-pub fn build_weights(config: Config, store: &TensorStore) -> Result<Weights> {
+pub fn build_weights(config: Config, store: &TensorStore, packing: Packing) -> Result<Weights> {
     let c = &config;
     let (h, ffn) = (c.hidden_size, c.intermediate_size);
     // The 2B4T attention sub-norm normalises the concatenated heads (q_dim wide).
@@ -275,7 +291,9 @@ pub fn build_weights(config: Config, store: &TensorStore) -> Result<Weights> {
     let mut layers = Vec::with_capacity(c.num_layers);
     for i in 0..c.num_layers {
         let p = format!("model.layers.{i}");
-        let lin = |m: &str, rows, cols| build_linear(store, c, &format!("{p}.{m}"), rows, cols);
+        let lin = |m: &str, rows, cols| {
+            build_linear(store, c, &format!("{p}.{m}"), (rows, cols), packing)
+        };
         let sub = |name: &str, len| match c.family {
             Family::BitNet => float_vector(store, &format!("{p}.{name}.weight"), len).map(Some),
             Family::Llama => Ok(None),

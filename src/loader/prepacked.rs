@@ -17,15 +17,19 @@ use serde_json::{Value, json};
 use super::heads::{self, StoredHead};
 use super::safetensors::{DType, TensorStore};
 use super::source::{Source, map_file};
-use super::{build_linear, fingerprint, projection_shape, weight_files};
+use super::{build_linear, fingerprint, packed_name, projection_shape, weight_files};
 use crate::HeadFormat;
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
+use crate::kernels::packed::Packing;
 use crate::model::linear::Linear;
 
-/// Metadata key naming the format; its value is FORMAT.
+/// Metadata key naming the format; its value is FORMAT, or FORMAT_BASE3 for a file whose
+/// ternary matrices are in the base-3 layout (`{module}.packed3`, which a reader of FORMAT
+/// alone would not find).
 pub const FORMAT_KEY: &str = "bit_ttt.format";
 pub const FORMAT: &str = "packed-v1";
+pub const FORMAT_BASE3: &str = "packed-v2";
 const FINGERPRINT_KEY: &str = "bit_ttt.fingerprint";
 const TEXT_FILES: [&str; 5] = [
     "config.json",
@@ -65,7 +69,9 @@ struct Planned<'a> {
 /// they are go from the input's mapping to the file), written to a temporary file and renamed. With
 /// `head` int8 or int4 the file also holds the output head quantised that way, which a load
 /// asking for that head then maps instead of quantising it.
-pub fn convert(src: &Path, out: &Path, head: HeadFormat) -> Result<ConvertStats> {
+/// Ternary matrices are written in `packing` (a load on a CPU whose kernel reads the other
+/// layout repacks them).
+pub fn convert(src: &Path, out: &Path, head: HeadFormat, packing: Packing) -> Result<ConvertStats> {
     let source = Source::Dir(src.to_path_buf());
     let config_text = source.read_string("config.json")?;
     let cfg =
@@ -75,7 +81,11 @@ pub fn convert(src: &Path, out: &Path, head: HeadFormat) -> Result<ConvertStats>
         store.add_backing(&source.describe(&file), source.backing(&file)?)?;
     }
     let mut metadata = HashMap::new();
-    metadata.insert(FORMAT_KEY.to_string(), FORMAT.to_string());
+    let format = match packing {
+        Packing::Bits2 => FORMAT,
+        Packing::Base3 => FORMAT_BASE3,
+    };
+    metadata.insert(FORMAT_KEY.to_string(), format.to_string());
     metadata.insert(
         FINGERPRINT_KEY.to_string(),
         format!("{:016x}", fingerprint(&config_text, &store)),
@@ -105,15 +115,18 @@ pub fn convert(src: &Path, out: &Path, head: HeadFormat) -> Result<ConvertStats>
         }
         if let Some((rows, cols)) = module.and_then(|m| projection_shape(&cfg, m)) {
             let module = module.expect("projection name").to_string();
-            if let Linear::Ternary(lin) = build_linear(&store, &cfg, &module, rows, cols)? {
+            let build = move |store, cfg, module: &str| {
+                build_linear(store, cfg, module, (rows, cols), packing)
+            };
+            if let Linear::Ternary(lin) = build(&store, &cfg, &module)? {
                 // Built again when written: holding every packed matrix would defeat streaming.
                 let (cfg, store) = (&cfg, &store);
                 let m2 = module.clone();
                 plan.push(Planned {
-                    name: format!("{module}.packed"),
+                    name: format!("{module}.{}", packed_name(packing)),
                     dtype: DType::U8,
                     shape: vec![rows, lin.packed.row_bytes()],
-                    bytes: Box::new(move || match build_linear(store, cfg, &m2, rows, cols)? {
+                    bytes: Box::new(move || match build(store, cfg, &m2)? {
                         Linear::Ternary(l) => Ok(Cow::Owned(l.packed.data.to_vec())),
                         Linear::Dense(_) => Err(Error::internal("projection changed kind")),
                     }),
@@ -208,12 +221,12 @@ pub fn open(path: &Path) -> Result<(Source, u64)> {
         .as_ref()
         .ok_or_else(|| bad("no metadata: not a `bit-ttt convert` file".into()))?;
     match kv.get(FORMAT_KEY).map(String::as_str) {
-        Some(FORMAT) => {}
+        Some(FORMAT | FORMAT_BASE3) => {}
         Some(other) => {
             return Err(Error::new(
                 ErrorKind::Unsupported,
                 format!(
-                    "{}: pre-packed format `{other}` is not supported (this library reads {FORMAT})",
+                    "{}: pre-packed format `{other}` is not supported (this library reads {FORMAT} and {FORMAT_BASE3})",
                     path.display()
                 ),
             ));

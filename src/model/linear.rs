@@ -4,7 +4,7 @@
 use std::cell::OnceCell;
 
 use crate::kernels::dense::{self, DenseView};
-use crate::kernels::packed::{BLOCK, BLOCK_BYTES, PackedTernary, QuantizedRows};
+use crate::kernels::packed::{PackedTernary, QuantizedRows};
 use crate::kernels::{Kernel, pool};
 use crate::loader::bytes::Bytes;
 use crate::loader::safetensors::DType;
@@ -138,13 +138,11 @@ impl Linear {
         let mut w = vec![0.0f32; rows * cols];
         match self {
             Linear::Ternary(t) => {
-                let rb = t.packed.row_bytes();
+                let mut values = vec![0i8; cols];
                 for (r, out) in w.chunks_exact_mut(cols).enumerate() {
-                    let row = &t.packed.data[r * rb..(r + 1) * rb];
-                    for (c, o) in out.iter_mut().enumerate() {
-                        let byte = row[(c / BLOCK) * BLOCK_BYTES + c % 64];
-                        let code = (byte >> (2 * ((c % BLOCK) / 64))) & 3;
-                        *o = (f32::from(code) - 1.0) * t.gamma;
+                    t.packed.row_values(r, &mut values);
+                    for (o, &v) in out.iter_mut().zip(&values) {
+                        *o = f32::from(v) * t.gamma;
                     }
                 }
             }

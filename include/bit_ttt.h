@@ -110,17 +110,6 @@
 #define BLOCK_BYTES 64
 
 /**
- * Weights per block of the base-3 layout.
- */
-#define BLOCK3 320
-
-/**
- * Activations are padded to a multiple of both block sizes, so one quantised input serves a
- * matrix of either layout.
- */
-#define ACT_PAD 1280
-
-/**
  * A ternary matrix-product implementation.
  */
 typedef struct Kernel Kernel;

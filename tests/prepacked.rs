@@ -64,8 +64,8 @@ fn converted_files_give_identical_logits_and_share_state() {
     }
 }
 
-/// A file in either ternary layout loads on every kernel of this CPU (in place where the kernel
-/// reads that layout, repacked where it reads the other) with the logits of the model folder on
+/// A file in either ternary layout loads on every kernel of this CPU (in place, except base-3
+/// rows for a kernel that reads only 2-bit ones fast, which are repacked) with the logits of the model folder on
 /// that kernel (the float parts, the head's product among them, differ between kernels);
 /// a base-3 file says so in its format, so that a library reading only 2-bit files refuses it
 /// by name.

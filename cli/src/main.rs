@@ -58,9 +58,9 @@ struct ConvertArgs {
     /// it instead of quantising at every load.
     #[arg(long, default_value = "native")]
     head: String,
-    /// Ternary layout: base3 (1.6 bits per weight, read by the AVX-512 VBMI kernel), 2bit
-    /// (every other kernel), or auto (this CPU's fastest kernel's). A CPU whose kernel reads the
-    /// other layout repacks at load.
+    /// Ternary layout: base3 (1.6 bits per weight, read fast by the AVX-512 VBMI kernel), 2bit
+    /// (read by every kernel), or auto (this CPU's fastest kernel's). A CPU without that
+    /// kernel repacks base-3 at load.
     #[arg(long, default_value = "auto")]
     packing: String,
 }

@@ -60,8 +60,9 @@ pub fn weight_files(src: &Source) -> Result<Vec<String>> {
     ))
 }
 
-/// Loads config and weights, ternary matrices in `packing`; weights stay memory-mapped where
-/// their format allows it. Also returns the model's fingerprint (see `fingerprint`).
+/// Loads config and weights, ternary matrices repacked in `packing` (a pre-packed file's 2-bit
+/// matrices stay as they are: every kernel reads them); weights stay memory-mapped where their
+/// format allows it. Also returns the model's fingerprint (see `fingerprint`).
 pub fn load_weights(src: &Source, packing: Packing) -> Result<(Weights, u64)> {
     if let Source::Dir(d) = src
         && !d.is_dir()
@@ -187,8 +188,7 @@ pub(crate) fn build_linear(
             .map(|p| (k, p))
     });
     if let Some((stored, p)) = stored {
-        // A pre-packed file: the kernels' layout, used in place (repacked if this CPU's kernel
-        // reads the other one).
+        // A pre-packed file: the kernels' layout, used in place.
         let cols_padded = PackedTernary::padded_cols(cols, stored);
         p.expect_shape(&[rows, cols_padded / stored.block() * 64])?;
         if p.dtype != DType::U8 {
@@ -206,8 +206,13 @@ pub(crate) fn build_linear(
             cols_padded,
             packing: stored,
             data: p.data.clone(),
-        }
-        .repacked(packing);
+        };
+        // Every kernel reads 2-bit rows fast: those stay mapped in place. Base-3 rows are
+        // repacked for a kernel that does not read them fast.
+        let packed = match (stored, packing) {
+            (Packing::Base3, Packing::Bits2) => packed.repacked(Packing::Bits2),
+            _ => packed,
+        };
         return Ok(Linear::Ternary(TernaryMatrix { packed, gamma }));
     }
     let t = store.require(&format!("{module}.weight"))?;

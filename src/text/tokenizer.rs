@@ -1,19 +1,63 @@
 //! The model's tokenizer (tokenizer.json through the `tokenizers` crate) and the special tokens
-//! named in tokenizer_config.json.
+//! named in tokenizer_config.json. A BPE vocabulary is held by `bpe::CompactBpe` (a quarter of
+//! the crate's memory for LLaMA-3's); anything else by the crate's own models.
 
 use std::path::Path;
 
 use serde_json::Value;
 
+use tokenizers::{
+    DecoderWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper, TokenizerImpl,
+};
+
+use super::bpe::CompactBpe;
 use crate::error::{Error, ErrorKind, Result};
 use crate::loader::Source;
 
 /// A token id.
 pub type TokenId = u32;
 
+type CompactTokenizer = TokenizerImpl<
+    CompactBpe,
+    NormalizerWrapper,
+    PreTokenizerWrapper,
+    PostProcessorWrapper,
+    DecoderWrapper,
+>;
+
+/// The crate's tokenizer over one of two models.
+enum Inner {
+    Compact(Box<CompactTokenizer>),
+    Crate(Box<tokenizers::Tokenizer>),
+}
+
+/// `$body` with `$t` bound to whichever tokenizer `$inner` holds (the two differ only in their
+/// model type, so every call reads the same).
+macro_rules! with_inner {
+    ($inner:expr, $t:ident => $body:expr) => {
+        match $inner {
+            Inner::Compact($t) => $body,
+            Inner::Crate($t) => $body,
+        }
+    };
+}
+
+impl Inner {
+    /// The compact model where it takes the file, the crate's otherwise (whose error is the one
+    /// reported when neither does).
+    fn from_bytes(bytes: &[u8]) -> tokenizers::Result<Self> {
+        match serde_json::from_slice::<CompactTokenizer>(bytes) {
+            Ok(t) => Ok(Inner::Compact(Box::new(t))),
+            Err(_) => Ok(Inner::Crate(Box::new(tokenizers::Tokenizer::from_bytes(
+                bytes,
+            )?))),
+        }
+    }
+}
+
 /// tokenizer.json plus what tokenizer_config.json adds: special token strings and the chat template.
 pub struct Tokenizer {
-    inner: tokenizers::Tokenizer,
+    inner: Inner,
     pub bos_token: Option<String>,
     pub eos_token: Option<String>,
     pub chat_template: Option<String>,
@@ -54,7 +98,7 @@ impl Tokenizer {
     /// As `from_dir`, from any model source.
     pub fn from_source(src: &Source) -> Result<Self> {
         let bytes = src.read("tokenizer.json")?;
-        let inner = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| {
+        let inner = Inner::from_bytes(&bytes).map_err(|e| {
             Error::invalid_model(format!("{}: {e}", src.describe("tokenizer.json")))
         })?;
         let cfg_name = "tokenizer_config.json";
@@ -86,9 +130,7 @@ impl Tokenizer {
     /// transformers adds by default (e.g. `<|begin_of_text|>`). Special tokens written in the
     /// text are recognised as such.
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<TokenId>> {
-        let enc = self
-            .inner
-            .encode(text, add_special)
+        let enc = with_inner!(&self.inner, t => t.encode(text, add_special))
             .map_err(|e| Error::new(ErrorKind::Internal, format!("tokenizer: {e}")))?;
         Ok(enc.get_ids().to_vec())
     }
@@ -101,25 +143,36 @@ impl Tokenizer {
                 "token id {bad} is outside the vocabulary ({vocab})"
             )));
         }
-        self.inner
-            .decode(ids, skip_special)
+        with_inner!(&self.inner, t => t.decode(ids, skip_special))
             .map_err(|e| Error::new(ErrorKind::Internal, format!("tokenizer: {e}")))
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<TokenId> {
-        self.inner.token_to_id(token)
+        with_inner!(&self.inner, t => t.token_to_id(token))
     }
     pub fn id_to_token(&self, id: TokenId) -> Option<String> {
-        self.inner.id_to_token(id)
+        with_inner!(&self.inner, t => t.id_to_token(id))
     }
     /// Number of ids the tokenizer can produce, added tokens included.
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        with_inner!(&self.inner, t => t.get_vocab_size(true))
     }
+    /// True when the vocabulary is held by `bpe::CompactBpe` (false: the crate's own model).
+    pub fn uses_compact_bpe(&self) -> bool {
+        matches!(self.inner, Inner::Compact(_))
+    }
+
+    /// Bytes of the compact BPE's tables, when that model is in use.
+    pub fn compact_bpe_bytes(&self) -> Option<usize> {
+        match &self.inner {
+            Inner::Compact(t) => Some(t.get_model().table_bytes()),
+            Inner::Crate(_) => None,
+        }
+    }
+
     /// True for added tokens marked special (`<|eot_id|>` and the like).
     pub fn is_special(&self, id: TokenId) -> bool {
-        self.inner
-            .get_added_tokens_decoder()
+        with_inner!(&self.inner, t => t.get_added_vocabulary().get_added_tokens_decoder())
             .get(&id)
             .is_some_and(|t| t.special)
     }

@@ -203,3 +203,52 @@ fn foreign_files_are_refused_with_a_reason() {
         ErrorKind::InvalidModel
     );
 }
+
+/// Files written before the int4 head's scales became f16 hold them as f32: such a file loads,
+/// its scales rounded to f16, and computes what the current file does.
+#[test]
+fn int4_heads_with_f32_scales_still_load() {
+    use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+    let tmp = tempfile::TempDir::new().unwrap();
+    let dir = fixture("bitnet_packed_auto");
+    let out = tmp.path().join("int4.bttt");
+    bit_ttt::convert_with_head(&dir, &out, HeadFormat::Int4).unwrap();
+    let bytes = std::fs::read(&out).unwrap();
+    let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let scales = "bit_ttt.head.int4.scales";
+    let widened: Vec<u8> = st
+        .tensor(scales)
+        .unwrap()
+        .data()
+        .chunks_exact(2)
+        .flat_map(|b| {
+            half::f16::from_le_bytes([b[0], b[1]])
+                .to_f32()
+                .to_le_bytes()
+        })
+        .collect();
+    assert_eq!(st.tensor(scales).unwrap().dtype(), Dtype::F16);
+    let tensors: Vec<(String, TensorView)> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, t)| {
+            if name == scales {
+                let view = TensorView::new(Dtype::F32, t.shape().to_vec(), &widened).unwrap();
+                (name, view)
+            } else {
+                (name, t)
+            }
+        })
+        .collect();
+    let old = tmp.path().join("int4-f32-scales.bttt");
+    let written = safetensors::serialize(tensors, meta.metadata().clone()).unwrap();
+    std::fs::write(&old, written).unwrap();
+    let params = ModelParams {
+        head: HeadFormat::Int4,
+        ..Default::default()
+    };
+    let ids = [1u32, 5, 9, 3, 7];
+    let current = logits(&Model::load(&out, &params).unwrap(), &ids);
+    assert_eq!(logits(&Model::load(&old, &params).unwrap(), &ids), current);
+}

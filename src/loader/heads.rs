@@ -10,7 +10,8 @@ use crate::error::{Error, Result};
 use crate::kernels::int4::{Int4Matrix, Scales};
 use crate::kernels::int8::Int8Matrix;
 
-/// Tensor names: values, then per-row (int8) or per-group (int4) f32 scales.
+/// Tensor names: values, then per-row (int8, f32) or per-group (int4, f16; f32 in files written
+/// before 2026-12) scales.
 pub const INT8: [&str; 2] = ["bit_ttt.head.int8.values", "bit_ttt.head.int8.scales"];
 pub const INT4: [&str; 2] = ["bit_ttt.head.int4.values", "bit_ttt.head.int4.scales"];
 
@@ -36,7 +37,9 @@ impl StoredHead {
             (StoredHead::Int8(m), 0) => Cow::Borrowed(&m.w[..]),
             (StoredHead::Int8(m), _) => Cow::Owned(f32_bytes(&m.row_scale)),
             (StoredHead::Int4(m), 0) => Cow::Borrowed(&m.nibbles[..]),
-            (StoredHead::Int4(m), _) => Cow::Owned(f32_bytes(&m.scales)),
+            (StoredHead::Int4(m), _) => {
+                Cow::Owned(m.scales.iter().flat_map(|x| x.to_le_bytes()).collect())
+            }
         }
     }
 }
@@ -62,7 +65,7 @@ pub fn layout(
             let (v, s) = Int4Matrix::part_shapes(rows, cols);
             vec![
                 (INT4[0], DType::U8, v.to_vec()),
-                (INT4[1], DType::F32, s.to_vec()),
+                (INT4[1], DType::F16, s.to_vec()),
             ]
         }
     }
@@ -89,10 +92,10 @@ pub fn load(store: &TensorStore, rows: usize, cols: usize) -> Result<Vec<StoredH
         if v.dtype != DType::U8 {
             return Err(v.error(format!("dtype {:?}, expected U8", v.dtype)));
         }
-        // f32 scales are read in place from the mapped file, other types converted.
+        // f16 scales are read in place from the mapped file, other types rounded to f16.
         let scales = match s.dtype {
-            DType::F32 => Scales::from_le_bytes(s.data.clone()),
-            _ => Some(Scales::Owned(s.to_f32()?)),
+            DType::F16 => Scales::from_le_bytes(s.data.clone()),
+            _ => Some(Scales::from_f32(&s.to_f32()?)),
         };
         let m = scales
             .and_then(|sc| Int4Matrix::from_parts(rows, cols, v.data.clone(), sc))

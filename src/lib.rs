@@ -70,7 +70,8 @@ pub enum HeadFormat {
     Native,
     /// int8 with one scale per row: half of bf16's bytes.
     Int8,
-    /// 4 bits with one scale per 64 columns: 4.5 bits per weight, a quarter of bf16's bytes.
+    /// 4 bits with one f16 scale per 64 columns: 4.25 bits per weight (4.3 with the scales'
+    /// padding), under a quarter of bf16's bytes.
     Int4,
 }
 

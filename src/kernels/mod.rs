@@ -135,16 +135,13 @@ impl Kernel {
         Ok(k)
     }
 
-    /// One task's rows: `acc` is row-major `[rows][n_tok]` for rows `r0..`. `streamed`: see
-    /// `x86::gemm_avx512_vnni`.
-    fn run(self, w: &PackedTernary, x: &QuantizedRows, r0: usize, acc: &mut [i32], streamed: bool) {
-        // Only the AVX-512 kernel tiles decode rows; the others stream them one at a time anyway.
-        let _ = streamed;
+    /// One task's rows: `acc` is row-major `[rows][n_tok]` for rows `r0..`.
+    fn run(self, w: &PackedTernary, x: &QuantizedRows, r0: usize, acc: &mut [i32]) {
         if w.packing == Packing::Base3 {
             // Only the VBMI kernel reads base-3 fast; a matrix packed so for it runs anywhere.
             #[cfg(target_arch = "x86_64")]
             if self == Kernel::Avx512Vnni && self.packing() == Packing::Base3 {
-                return x86::gemm_avx512_base3(w, x, r0, acc, streamed);
+                return x86::gemm_avx512_base3(w, x, r0, acc);
             }
             return packed::gemm_portable(w, x, r0, acc);
         }
@@ -153,7 +150,7 @@ impl Kernel {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => x86::gemm_avx2(w, x, r0, acc),
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512Vnni => x86::gemm_avx512_vnni(w, x, r0, acc, streamed),
+            Kernel::Avx512Vnni => x86::gemm_avx512_vnni(w, x, r0, acc),
             #[cfg(target_arch = "aarch64")]
             Kernel::Neon => neon::gemm_neon(w, x, r0, acc),
             #[cfg(target_arch = "aarch64")]
@@ -178,7 +175,6 @@ impl Kernel {
         accs: &mut [&mut [i32]],
     ) {
         assert_eq!(ws.len(), accs.len(), "ternary_gemm_many: outputs");
-        let streamed = x.n_tok == 1 && pool::current_num_threads() > 1;
         let mut tasks = Vec::new();
         for (w, acc) in ws.iter().zip(accs.iter_mut()) {
             assert_eq!(acc.len(), w.rows * x.n_tok, "ternary_gemm: output size");
@@ -200,7 +196,7 @@ impl Kernel {
                     .map(|(i, chunk)| (*w, i * per_task, chunk)),
             );
         }
-        pool::for_each(tasks, |(w, r0, chunk)| self.run(w, x, r0, chunk, streamed));
+        pool::for_each(tasks, |(w, r0, chunk)| self.run(w, x, r0, chunk));
     }
 }
 

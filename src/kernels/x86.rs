@@ -113,22 +113,31 @@ unsafe fn rows_vnni<const R: usize, const N: usize>(
 }
 
 /// Σ code·q over R rows for one token (decode) with AVX-512 VNNI. Rows stream from memory with
-/// a software prefetch ahead of them; each row keeps A accumulators, the 64-column slice k of a
-/// block going to accumulator k mod A, so that successive `vpdpbusd` do not wait on each other
-/// (integer sums: the result does not depend on the split). Measured on Zen 4 (`cargo bench
-/// --bench kernels`): R = 4, A = 4 streams twice as fast as one row with one accumulator.
+/// a software prefetch ahead of them. Field k of each byte is masked in place (`w & 3 << 2k`,
+/// the code times 4^k), not shifted down first: `vpdpbusd` takes it as an unsigned byte up to
+/// 192, each field k sums into its own accumulator, and the accumulators are divided by 4^k
+/// (exactly: every term is a multiple of it) at the end. Three shifts fewer per 64 bytes, of
+/// eleven vector instructions: Zen 4 runs 512-bit instructions as two 256-bit halves, and one
+/// thread's decode there is bound by them, not by memory. Four accumulators per row also keep
+/// successive `vpdpbusd` from waiting on each other. The sums cannot overflow: a lane adds
+/// at most 4 · 192 · 128 per 256 columns (2^31 is 21 million columns).
 ///
 /// # Safety
 /// The CPU supports AVX-512 F/BW and VNNI; each `rows[r]` points to `blocks * 64` bytes and `q`
 /// to `blocks * 256` int8 values.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn rows_vnni_decode<const R: usize, const A: usize>(
+unsafe fn rows_vnni_decode<const R: usize>(
     rows: [*const u8; R],
     q: *const i8,
     blocks: usize,
 ) -> [i32; R] {
-    let mask = _mm512_set1_epi8(3);
-    let mut acc = [[_mm512_setzero_si512(); A]; R];
+    let masks = [
+        _mm512_set1_epi8(0x03),
+        _mm512_set1_epi8(0x0c),
+        _mm512_set1_epi8(0x30),
+        _mm512_set1_epi8(0xc0u8 as i8),
+    ];
+    let mut acc = [[_mm512_setzero_si512(); 4]; R];
     for b in 0..blocks {
         for r in rows {
             // A hint that never faults, wherever it points.
@@ -143,22 +152,16 @@ unsafe fn rows_vnni_decode<const R: usize, const A: usize>(
             // SAFETY: columns 64·k .. +64 of block b, within the token's values.
             let qv = unsafe { _mm512_loadu_si512(q.add(b * BLOCK + 64 * k).cast()) };
             for (ar, w) in acc.iter_mut().zip(wv) {
-                let c = match k {
-                    0 => _mm512_and_si512(w, mask),
-                    1 => _mm512_and_si512(_mm512_srli_epi16::<2>(w), mask),
-                    2 => _mm512_and_si512(_mm512_srli_epi16::<4>(w), mask),
-                    _ => _mm512_and_si512(_mm512_srli_epi16::<6>(w), mask),
-                };
-                ar[k % A] = _mm512_dpbusd_epi32(ar[k % A], c, qv);
+                ar[k] = _mm512_dpbusd_epi32(ar[k], _mm512_and_si512(w, masks[k]), qv);
             }
         }
     }
     let mut out = [0i32; R];
     for (o, a) in out.iter_mut().zip(acc) {
-        let mut sum = _mm512_setzero_si512();
-        for x in a {
-            sum = _mm512_add_epi32(sum, x);
-        }
+        let sum = _mm512_add_epi32(
+            _mm512_add_epi32(a[0], _mm512_srai_epi32::<2>(a[1])),
+            _mm512_add_epi32(_mm512_srai_epi32::<4>(a[2]), _mm512_srai_epi32::<6>(a[3])),
+        );
         *o = _mm512_reduce_add_epi32(sum);
     }
     out
@@ -183,21 +186,16 @@ pub fn gemm_avx2(w: &PackedTernary, x: &QuantizedRows, r0: usize, acc: &mut [i32
     );
 }
 
-/// AVX-512 VNNI kernel; same contract as `packed::gemm_portable`. Tiles of four rows by four
-/// tokens (one token in decode); the tokens of a `TOKEN_BLOCK` stay in cache while the rows of
-/// this call stream past them. `streamed` (decode on several threads, where memory is the
-/// bound): rows one at a time, one sequential stream instead of four interleaved ones 640
-/// bytes apart. Measured on this project's 2-core Zen 4 (`bit-ttt bench`, alternated rounds):
-/// on two threads, with each thread's rows one contiguous share (`pool::share`), decode went
-/// from 41-43 to 48-51 tokens/s while other tenants loaded the machine's memory; on one thread
-/// the four-row tiles, with a quarter of the activation loads, stay 8 % faster.
-pub fn gemm_avx512_vnni(
-    w: &PackedTernary,
-    x: &QuantizedRows,
-    r0: usize,
-    acc: &mut [i32],
-    streamed: bool,
-) {
+/// AVX-512 VNNI kernel; same contract as `packed::gemm_portable`. A prompt in tiles of four
+/// rows by four tokens: the tokens of a `TOKEN_BLOCK` stay in cache while the rows of this call
+/// stream past them. Decode (one token, bound by memory) takes rows one at a time: one
+/// sequential stream instead of four interleaved ones 640 bytes apart. Measured on 2-core
+/// machines of this project, `cargo bench --bench kernels -- ternary_gemv_133MB` and `bit-ttt
+/// bench`: on two threads (each thread's rows one contiguous share, `pool::share`) one row at
+/// a time ran decode 41-43 → 48-51 tokens/s on a Zen 5; on one thread the four-row tiles were
+/// 8 % faster there but 25 % slower on a Zen 4 (133 MB from memory: 16.0 ms against 12.2-13.3),
+/// so decode streams rows one at a time on every thread count.
+pub fn gemm_avx512_vnni(w: &PackedTernary, x: &QuantizedRows, r0: usize, acc: &mut [i32]) {
     assert!(
         std::arch::is_x86_feature_detected!("avx512vnni")
             && std::arch::is_x86_feature_detected!("avx512bw"),
@@ -237,20 +235,11 @@ pub fn gemm_avx512_vnni(
             }
             i += 4;
         }
-        while n_tok == 1 && !streamed && i + 4 <= n_rows {
-            let rows = [i, i + 1, i + 2, i + 3].map(row_ptr);
-            // SAFETY: as above.
-            let s = unsafe { rows_vnni_decode::<4, 4>(rows, x.token(0).as_ptr(), blocks) };
-            for (k, v) in s.iter().enumerate() {
-                store(i + k, 0, &[*v]);
-            }
-            i += 4;
-        }
         for r in i..n_rows {
             for tt in t0..t1 {
                 // SAFETY: as above.
                 let s =
-                    unsafe { rows_vnni_decode::<1, 4>([row_ptr(r)], x.token(tt).as_ptr(), blocks) };
+                    unsafe { rows_vnni_decode::<1>([row_ptr(r)], x.token(tt).as_ptr(), blocks) };
                 store(r, tt, &s);
             }
         }
@@ -399,16 +388,10 @@ unsafe fn rows_base3_decode<const R: usize, const A: usize>(
 }
 
 /// AVX-512 VBMI kernel over the base-3 layout; same contract and tiling as
-/// `gemm_avx512_vnni`, except that streamed decode takes rows two at a time (one at a time ran
-/// 512-byte rows at a third of the speed in a 30-layer bench; two adjacent rows are still one
+/// `gemm_avx512_vnni`, except that decode takes rows two at a time (one at a time ran 512-byte
+/// rows at a third of the speed in a 30-layer bench; two adjacent rows are still one
 /// sequential stream).
-pub fn gemm_avx512_base3(
-    w: &PackedTernary,
-    x: &QuantizedRows,
-    r0: usize,
-    acc: &mut [i32],
-    streamed: bool,
-) {
+pub fn gemm_avx512_base3(w: &PackedTernary, x: &QuantizedRows, r0: usize, acc: &mut [i32]) {
     assert!(
         std::arch::is_x86_feature_detected!("avx512vnni")
             && std::arch::is_x86_feature_detected!("avx512bw")
@@ -449,16 +432,6 @@ pub fn gemm_avx512_base3(
                 for (r, sr) in s.iter().enumerate() {
                     store(i + r, tt, sr);
                 }
-            }
-            i += 4;
-        }
-        while n_tok == 1 && !streamed && i + 4 <= n_rows {
-            let rows = [i, i + 1, i + 2, i + 3].map(row_ptr);
-            // SAFETY: as above.
-            let s =
-                unsafe { rows_base3_decode::<4, 2>(&tables, rows, x.token(0).as_ptr(), blocks) };
-            for (k, v) in s.iter().enumerate() {
-                store(i + k, 0, &[*v]);
             }
             i += 4;
         }

@@ -382,18 +382,6 @@ impl<'de> Deserialize<'de> for CompactBpe {
                 }
                 let (vocab, merges) = vocab.zip(merges).ok_or_else(declined)?;
                 let (text, ends, sorted) = layout(vocab).ok_or_else(declined)?;
-                let mut m = CompactBpe {
-                    text,
-                    ends,
-                    sorted,
-                    merges: HashMap::default(),
-                    merged: Vec::with_capacity(merges.len()),
-                    unk_token,
-                    fuse_unk,
-                    byte_fallback,
-                    ignore_merges,
-                };
-                m.merges.reserve(merges.len());
                 // The crate reads a list of one form only, and skips "#version" lines in the
                 // legacy one.
                 let legacy = matches!(merges.first(), Some(MergeEntry::Legacy(_)));
@@ -403,23 +391,47 @@ impl<'de> Deserialize<'de> for CompactBpe {
                 {
                     return Err(declined());
                 }
+                let n = merges.len();
                 let merges = merges
                     .iter()
                     .filter(|e| !matches!(e, MergeEntry::Legacy(s) if s.starts_with("#version")));
+                // A hash index for the three lookups of each merge while loading (a binary
+                // search each added 0.25 s to loading LLaMA-3's 280k merges); dropped once loaded.
+                let index: HashMap<&str, u32> = (0..ends.len())
+                    .map(|i| {
+                        let start = if i == 0 { 0 } else { ends[i - 1] as usize };
+                        (&text[start..ends[i] as usize], i as u32)
+                    })
+                    .collect();
+                let mut pairs: HashMap<Pair, u32, BuildHasherDefault<PairHasher>> =
+                    HashMap::with_capacity_and_hasher(n, Default::default());
+                let mut merged = Vec::with_capacity(n);
                 let mut joined = String::new();
                 for (rank, e) in merges.enumerate() {
                     let (a, b) = e.parts().ok_or_else(declined)?;
                     joined.clear();
                     joined.push_str(a);
                     joined.push_str(b);
-                    let ids = (m.lookup(a), m.lookup(b), m.lookup(&joined));
-                    let (Some(a), Some(b), Some(new_id)) = ids else {
+                    let ids = (index.get(a), index.get(b), index.get(joined.as_str()));
+                    let (Some(&a), Some(&b), Some(&new_id)) = ids else {
                         return Err(declined());
                     };
                     // A pair listed twice keeps its last rank, as the crate's map does.
-                    m.merges.insert(Pair(a, b), rank as u32);
-                    m.merged.push(new_id);
+                    pairs.insert(Pair(a, b), rank as u32);
+                    merged.push(new_id);
                 }
+                drop(index);
+                let m = CompactBpe {
+                    text,
+                    ends,
+                    sorted,
+                    merges: pairs,
+                    merged,
+                    unk_token,
+                    fuse_unk,
+                    byte_fallback,
+                    ignore_merges,
+                };
                 Ok(m)
             }
         }

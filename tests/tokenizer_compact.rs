@@ -216,6 +216,13 @@ fn declined_files_are_read_by_the_crate() {
         let want = theirs.encode("abc cab", false).unwrap();
         assert_eq!(ours.encode("abc cab", false).unwrap(), want.get_ids());
     }
+    // A merge whose right part lacks the subword prefix: the crate panics on it; an error here.
+    write_tokenizer(
+        dir.path(),
+        serde_json::json!({"continuing_subword_prefix": "##", "merges": ["a b"]}),
+    );
+    let err = Tokenizer::from_dir(dir.path()).err().unwrap().to_string();
+    assert!(err.contains("tokenizer.json"), "{err}");
     // A merge naming a token outside the vocabulary: the crate's error, as before.
     write_tokenizer(dir.path(), serde_json::json!({"merges": ["a q"]}));
     let err = Tokenizer::from_dir(dir.path()).err().unwrap().to_string();

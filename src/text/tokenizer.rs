@@ -45,12 +45,22 @@ macro_rules! with_inner {
 impl Inner {
     /// The compact model where it takes the file, the crate's otherwise (whose error is the one
     /// reported when neither does).
+    /// The crate panics on some inconsistent files (a merge whose right part lacks the
+    /// `continuing_subword_prefix`): that is reported as an error like any other bad file.
     fn from_bytes(bytes: &[u8]) -> tokenizers::Result<Self> {
-        match serde_json::from_slice::<CompactTokenizer>(bytes) {
-            Ok(t) => Ok(Inner::Compact(Box::new(t))),
-            Err(_) => Ok(Inner::Crate(Box::new(tokenizers::Tokenizer::from_bytes(
-                bytes,
-            )?))),
+        if let Ok(t) = serde_json::from_slice::<CompactTokenizer>(bytes) {
+            return Ok(Inner::Compact(Box::new(t)));
+        }
+        match std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(bytes)) {
+            Ok(t) => Ok(Inner::Crate(Box::new(t?))),
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("no message");
+                Err(format!("the tokenizers crate could not read it ({what})").into())
+            }
         }
     }
 }

@@ -35,6 +35,11 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 step "tests"
 cargo test --workspace
+# The AVX-512 kernel reads 2-bit weights and decodes through the AVX2 loop where AVX-512 is half
+# width (Zen 4), base-3 and its own loop elsewhere: both ways on this machine, whichever it is.
+for half in 0 1; do
+  BIT_TTT_AVX512_HALF=$half cargo test --test kernels --test parity --test prepacked
+done
 
 step "CUDA feature: kernels compiled by nvcc (PyPI wheels, CUDA 13.0) and by NVRTC's path; no GPU here, so CUDA must say why it is off and the CPU path run"
 python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip

@@ -49,7 +49,9 @@ impl Kernel {
     pub fn packing(self) -> Packing {
         match self {
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512Vnni if std::arch::is_x86_feature_detected!("avx512vbmi") => {
+            Kernel::Avx512Vnni
+                if std::arch::is_x86_feature_detected!("avx512vbmi") && !x86::half_width() =>
+            {
                 Packing::Base3
             }
             _ => Packing::Bits2,
@@ -140,7 +142,7 @@ impl Kernel {
         if w.packing == Packing::Base3 {
             // Only the VBMI kernel reads base-3 fast; a matrix packed so for it runs anywhere.
             #[cfg(target_arch = "x86_64")]
-            if self == Kernel::Avx512Vnni && self.packing() == Packing::Base3 {
+            if self == Kernel::Avx512Vnni && std::arch::is_x86_feature_detected!("avx512vbmi") {
                 return x86::gemm_avx512_base3(w, x, r0, acc);
             }
             return packed::gemm_portable(w, x, r0, acc);

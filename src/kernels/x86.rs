@@ -9,6 +9,32 @@ use super::packed::{
     for_rows,
 };
 
+/// True where AVX-512 runs in 256-bit halves (AMD Zen 4, CPU family 0x19; Zen 3 of the same
+/// family has no AVX-512): there the AVX-512 kernel reads 2-bit weights and decodes through the
+/// AVX2 loop. Measured on a 2-core Zen 4 (docs/BENCHMARKS.md, 2026-12-04): base-3 prefills ~20 %
+/// slower than 2-bit (each `vpermi2b` takes two passes), and from memory the AVX2 one-row loop
+/// streams 1.4-1.6× faster than the AVX-512 VNNI one, for reasons not yet found. On full-width
+/// AVX-512 (Zen 5) base-3 and the VNNI loop were the faster. `BIT_TTT_AVX512_HALF=0|1`
+/// overrides the detection (tests run the kernels both ways on one machine).
+pub fn half_width() -> bool {
+    static HALF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HALF.get_or_init(|| match std::env::var("BIT_TTT_AVX512_HALF").as_deref() {
+        Ok("0") => false,
+        Ok("1") => true,
+        _ => {
+            let (v, f) = (__cpuid(0), __cpuid(1));
+            let amd = (v.ebx, v.edx, v.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163);
+            let base = (f.eax >> 8) & 0xf;
+            let family = if base == 0xf {
+                base + ((f.eax >> 20) & 0xff)
+            } else {
+                base
+            };
+            amd && family == 0x19
+        }
+    })
+}
+
 /// Σ code·q over one row for N tokens with AVX2.
 ///
 /// # Safety
@@ -205,6 +231,9 @@ pub fn gemm_avx512_vnni(w: &PackedTernary, x: &QuantizedRows, r0: usize, acc: &m
     let (blocks, rb, n_tok) = (w.cols_padded / BLOCK, w.row_bytes(), x.n_tok);
     let n_rows = acc.len() / n_tok;
     let row_ptr = |i: usize| w.data[(r0 + i) * rb..(r0 + i + 1) * rb].as_ptr();
+    if n_tok == 1 && half_width() {
+        return gemm_avx2(w, x, r0, acc);
+    }
     let mut store = |i: usize, t: usize, s: &[i32]| {
         for (k, v) in s.iter().enumerate() {
             acc[i * n_tok + t + k] = v - x.sums[t + k];

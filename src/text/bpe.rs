@@ -18,7 +18,7 @@ use std::fmt;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::path::{Path, PathBuf};
 
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
 use tokenizers::models::bpe::BpeTrainer;
 use tokenizers::{Model, Token};
 
@@ -374,7 +374,7 @@ impl<'de> Deserialize<'de> for CompactBpe {
                             ignore_merges = map.next_value::<Option<bool>>()?.unwrap_or(false)
                         }
                         "vocab" => vocab = Some(map.next_value::<VocabEntries>()?.0),
-                        "merges" => merges = Some(map.next_value::<MergeList>()?.0),
+                        "merges" => merges = Some(map.next_value::<Vec<MergeEntry>>()?),
                         _ => {
                             map.next_value::<de::IgnoredAny>()?;
                         }
@@ -436,28 +436,5 @@ impl<'de> Deserialize<'de> for CompactBpe {
             }
         }
         d.deserialize_map(V)
-    }
-}
-
-/// The merges list, read entry by entry.
-struct MergeList(Vec<MergeEntry>);
-
-impl<'de> Deserialize<'de> for MergeList {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = MergeList;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a list of merges")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<MergeList, A::Error> {
-                let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-                while let Some(e) = seq.next_element()? {
-                    v.push(e);
-                }
-                Ok(MergeList(v))
-            }
-        }
-        d.deserialize_seq(V)
     }
 }

@@ -46,6 +46,11 @@
 
 
 /**
+ * The most sampling candidates a decode step returns.
+ */
+#define MAX_CANDIDATES 128
+
+/**
  * `seed` value meaning: continue the session's random stream.
  */
 #define BIT_TTT_SEED_CONTINUE UINT64_MAX
@@ -86,7 +91,7 @@
 /**
  * Version of the C ABI: bumped only by additions (functions, struct fields at the end).
  */
-#define BIT_TTT_ABI_VERSION 3
+#define BIT_TTT_ABI_VERSION 4
 
 /**
  * Log levels passed to the log callback.
@@ -348,6 +353,17 @@ typedef struct bit_ttt_model_params {
    * set, else native. int4 reads a quarter of bf16's bytes per token (ABI 2).
    */
   struct bit_ttt_string head;
+  /**
+   * Where the model computes: "auto" (empty: the GPU when the library has CUDA and one is
+   * present, else the CPU), "cpu", "cuda" or "cuda:N" (fails, naming why, when unusable)
+   * (ABI 4).
+   */
+  struct bit_ttt_string device;
+  /**
+   * Layers to run on the GPU, from the first; -1 = all of them and the output head, 0 = none
+   * (the CPU runs the rest: partial offload) (ABI 4).
+   */
+  int32_t n_gpu_layers;
 } bit_ttt_model_params;
 
 /**

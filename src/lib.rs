@@ -19,6 +19,7 @@ pub mod adapt;
 pub mod config;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod device;
 pub mod error;
 pub mod ffi;
 pub mod kernels;
@@ -36,6 +37,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use config::Config;
+pub use device::Device;
 pub use error::{Error, ErrorKind, Result};
 pub use model::kv_cache::KvType;
 pub use sampling::SamplingParams;
@@ -60,6 +62,11 @@ pub struct ModelParams {
     /// Which copy of the output head computes the logits (a quantised copy reads fewer bytes
     /// per token, for a small accuracy cost; the original is then kept for nothing else).
     pub head: HeadFormat,
+    /// Where the model computes (default: the GPU when there is one and this build has CUDA).
+    pub device: Device,
+    /// Layers to run on the GPU, from the first; `None` = all of them (and the output head).
+    /// The rest run on the CPU (partial offload, for models larger than the card).
+    pub gpu_layers: Option<usize>,
 }
 
 /// How the output head is stored for computing logits.
@@ -129,6 +136,9 @@ struct ModelInner {
     source: Source,
     fingerprint: u64,
     pool: kernels::pool::Pool,
+    /// The layers (and maybe the head) uploaded to the GPU.
+    #[cfg(feature = "cuda")]
+    gpu: Option<Arc<cuda::GpuCore>>,
 }
 
 /// A loaded model: immutable, cheap to clone (reference counted), shareable across threads and
@@ -219,10 +229,22 @@ impl Model {
                 pool.n_threads()
             )
         });
+        let transformer = pool.install(|| Transformer::new(weights, kernel, params.head));
+        #[cfg(feature = "cuda")]
+        let gpu = gpu_for(&transformer, params)?;
+        #[cfg(not(feature = "cuda"))]
+        if let Device::Cuda(_) = params.device {
+            return Err(Error::unsupported(format!(
+                "device {}: this build of bit_ttt has no CUDA support (cargo feature `cuda`)",
+                params.device.name()
+            )));
+        }
         let model = Model(Arc::new(ModelInner {
             bos_token: tokenizer.bos_token.clone(),
             eos_token: tokenizer.eos_token.clone(),
-            transformer: pool.install(|| Transformer::new(weights, kernel, params.head)),
+            transformer,
+            #[cfg(feature = "cuda")]
+            gpu,
             tokenizer,
             stop_tokens,
             source: src,
@@ -255,6 +277,35 @@ impl Model {
     /// Which copy of the output head computes the logits.
     pub fn head_format(&self) -> HeadFormat {
         self.0.transformer.head_format()
+    }
+
+    /// Where the model computes: "cpu", or "cuda:0 <GPU name> (L/N layers)".
+    pub fn device(&self) -> String {
+        #[cfg(feature = "cuda")]
+        if let Some(g) = &self.0.gpu {
+            return format!(
+                "cuda:0 {} ({}/{} layers{})",
+                cuda::describe(),
+                g.n_layers(),
+                self.config().num_layers,
+                if g.is_full() { " and the head" } else { "" }
+            );
+        }
+        "cpu".into()
+    }
+
+    /// Layers that run on the GPU (0: the model runs on the CPU).
+    pub fn gpu_layers(&self) -> usize {
+        #[cfg(feature = "cuda")]
+        if let Some(g) = &self.0.gpu {
+            return g.n_layers();
+        }
+        0
+    }
+
+    #[cfg(feature = "cuda")]
+    pub(crate) fn gpu(&self) -> Option<&Arc<cuda::GpuCore>> {
+        self.0.gpu.as_ref()
     }
 
     /// Number of worker threads the model computes with.
@@ -371,6 +422,32 @@ impl Model {
     /// Runs `f` on the model's worker pool.
     pub(crate) fn compute<R>(&self, f: impl FnOnce() -> R) -> R {
         self.0.pool.install(f)
+    }
+}
+
+/// The GPU part of a model loaded with `params`: None for the CPU. An explicit CUDA device that
+/// cannot be used is an error naming why; `Auto` then falls back to the CPU and logs why.
+#[cfg(feature = "cuda")]
+fn gpu_for(tf: &Transformer, params: &ModelParams) -> Result<Option<Arc<cuda::GpuCore>>> {
+    let n_layers = params
+        .gpu_layers
+        .unwrap_or(usize::MAX)
+        .min(tf.weights.layers.len());
+    match params.device {
+        Device::Cpu => Ok(None),
+        Device::Cuda(i) if i != 0 => Err(Error::unsupported(format!(
+            "device cuda:{i}: this build drives one GPU, cuda:0"
+        ))),
+        _ if n_layers == 0 => Ok(None),
+        Device::Cuda(_) => Ok(Some(Arc::new(cuda::GpuCore::new(tf, n_layers)?))),
+        Device::Auto => match cuda::GpuCore::new(tf, n_layers) {
+            Ok(core) => Ok(Some(Arc::new(core))),
+            Err(e) if e.kind() == ErrorKind::Unsupported => {
+                log::log(log::Level::Info, || format!("running on the CPU: {e}"));
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        },
     }
 }
 

@@ -179,15 +179,54 @@ pub fn sample(logits: &mut [f32], p: &SamplingParams, history: &[u32], rng: &mut
     if p.temperature <= 0.0 {
         return argmax(logits) as u32;
     }
-    // Candidates sorted by logit, best first (stable: lower id first on ties).
+    // Candidates sorted by logit, best first, lower id first on ties. With top-k, the k best
+    // are selected first and only they sorted: the same list as a full sort cut to k.
     let mut cand: Vec<(u32, f32)> = logits
         .iter()
         .enumerate()
         .map(|(i, &l)| (i as u32, l))
         .collect();
-    cand.sort_by(|a, b| b.1.total_cmp(&a.1));
+    if p.top_k > 0 && p.top_k < cand.len() {
+        cand.select_nth_unstable_by(p.top_k - 1, candidate_order);
+        cand.truncate(p.top_k);
+    }
+    cand.sort_by(candidate_order);
+    sample_candidates(cand, p, rng)
+}
+
+/// Best first: higher logit (`f32::total_cmp`), then lower id.
+fn candidate_order(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
+    b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+}
+
+/// How many best candidates `sample_candidates` needs to pick exactly what `sample` would pick
+/// from the whole row: 1 for greedy, top_k with top-k on; None when it needs the whole row
+/// (no top-k, or penalties, which change logits outside any fixed set of candidates).
+pub fn candidates_needed(p: &SamplingParams) -> Option<usize> {
+    let penalties = p.repeat_last_n > 0
+        && (p.repeat_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0);
+    if penalties {
+        None
+    } else if p.temperature <= 0.0 {
+        Some(1)
+    } else if p.top_k > 0 {
+        Some(p.top_k)
+    } else {
+        None
+    }
+}
+
+/// Picks the next token from the best candidates of a row, sorted best first, lower id first on
+/// ties, at least `candidates_needed(p)` of them (or the whole row); no penalties applied.
+pub fn sample_candidates(mut cand: Vec<(u32, f32)>, p: &SamplingParams, rng: &mut Rng) -> u32 {
+    if cand.is_empty() {
+        return 0;
+    }
+    if p.temperature <= 0.0 {
+        return cand[0].0;
+    }
     if p.top_k > 0 {
-        cand.truncate(p.top_k.max(1));
+        cand.truncate(p.top_k);
     }
     let probs = |c: &[(u32, f32)], temp: f32| -> Vec<f64> {
         let max = f64::from(c[0].1);
@@ -307,6 +346,51 @@ mod tests {
         let mut l = vec![4.0, -4.0, 1.0];
         apply_penalties(&mut l, &p, &[0, 1, 1]);
         assert_eq!(l, vec![4.0 / 2.0 - 0.25 - 0.5, -8.0 - 0.5 - 0.5, 1.0]);
+    }
+
+    #[test]
+    fn candidates_give_what_the_whole_row_gives() {
+        // Ties and repeated values, so the id order on ties matters.
+        let logits: Vec<f32> = (0..300)
+            .map(|i| ((i * 37 % 23) as f32 * 0.25).sin())
+            .collect();
+        let mut sorted: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i as u32, l))
+            .collect();
+        sorted.sort_by(candidate_order);
+        for (temperature, top_k, top_p, min_p) in [
+            (0.0, 0, 1.0, 0.0),
+            (0.8, 40, 0.95, 0.05),
+            (1.5, 7, 1.0, 0.0),
+            (1.0, 100, 0.5, 0.1),
+        ] {
+            let p = SamplingParams {
+                temperature,
+                top_k,
+                top_p,
+                min_p,
+                ..Default::default()
+            };
+            let k = candidates_needed(&p).unwrap();
+            let (mut a, mut b) = (Rng::new(11), Rng::new(11));
+            for _ in 0..200 {
+                let whole = sample(&mut logits.clone(), &p, &[], &mut a);
+                let top = sample_candidates(sorted[..k].to_vec(), &p, &mut b);
+                assert_eq!(whole, top, "{p:?}");
+            }
+        }
+        let p = SamplingParams {
+            repeat_penalty: 1.1,
+            ..Default::default()
+        };
+        assert_eq!(candidates_needed(&p), None);
+        let p = SamplingParams {
+            top_k: 0,
+            ..Default::default()
+        };
+        assert_eq!(candidates_needed(&p), None);
     }
 
     #[test]

@@ -205,6 +205,66 @@ pub struct Session {
     trainer: Option<Trainer>,
     /// The adapters changed since the KV cache was filled: recompute it before next use.
     kv_stale: bool,
+    /// Keys and values of the layers on the GPU, for a model loaded with a CUDA device. The
+    /// session computes there while it holds no adapters (`on_gpu`); `cache` then holds only
+    /// the layers the CPU runs.
+    #[cfg(feature = "cuda")]
+    gpu: Option<crate::cuda::GpuCache>,
+}
+
+/// What a forward pass gives back: final-normed hidden states (the CPU computes the logits
+/// from them) or logits the GPU computed.
+enum Pass {
+    Hidden(Vec<f32>),
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    Logits(Vec<f32>),
+}
+
+/// The GPU side of a forward pass: the model's GPU part and a cache of its layers.
+#[cfg(feature = "cuda")]
+type GpuSide<'a> = Option<(&'a crate::cuda::GpuCore, &'a mut crate::cuda::GpuCache)>;
+#[cfg(not(feature = "cuda"))]
+type GpuSide<'a> = Option<(std::convert::Infallible, &'a mut ())>;
+
+/// One forward pass of `chunk`: on the GPU when `gpu` is given (its layers there, the rest on
+/// the CPU), else on the CPU with the session's adapters. `all_logits`: the GPU returns every
+/// token's logits, not only the last one's.
+fn run_chunk(
+    model: &Model,
+    cache: &mut KvCache,
+    gpu: GpuSide,
+    chunk: &[TokenId],
+    adapters: Option<&crate::model::lora::Adapters>,
+    all_logits: bool,
+) -> Result<Pass> {
+    let tf = model.transformer();
+    #[cfg(feature = "cuda")]
+    if let Some((core, gcache)) = gpu {
+        let x = tf.embed(chunk)?;
+        if core.is_full() {
+            return Ok(Pass::Logits(core.forward(gcache, &x, all_logits)?));
+        }
+        let h = core.forward_hidden(gcache, &x)?;
+        let first = core.n_layers();
+        return Ok(Pass::Hidden(
+            model.compute(|| tf.forward_from(cache, h, first))?,
+        ));
+    }
+    #[cfg(not(feature = "cuda"))]
+    let _ = (gpu, all_logits);
+    Ok(Pass::Hidden(model.compute(|| {
+        tf.forward_with(cache, chunk, adapters, None)
+    })?))
+}
+
+/// Keys or values of every layer, `[len][kv_dim]` each (the session-state layout).
+type LayerRows = Vec<Vec<f32>>;
+
+/// What the sampler picks from: a row of logits, or the best candidates the GPU selected.
+enum Scores {
+    Logits(Vec<f32>),
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    Top(Vec<(TokenId, f32)>),
 }
 
 impl Session {
@@ -234,7 +294,57 @@ impl Session {
             n_batch: params.n_batch,
             trainer: None,
             kv_stale: false,
+            #[cfg(feature = "cuda")]
+            gpu: model.gpu().map(|g| g.new_cache(n_ctx)).transpose()?,
         })
+    }
+
+    /// Whether passes run on the GPU now: the model has layers there and the session holds no
+    /// adapters (they are trained and applied on the CPU).
+    fn on_gpu(&self) -> bool {
+        #[cfg(feature = "cuda")]
+        return self.gpu.is_some() && self.trainer.is_none();
+        #[cfg(not(feature = "cuda"))]
+        false
+    }
+
+    /// Brings the keys and values of the GPU's layers into the CPU cache (before adapters take
+    /// the session to the CPU), so the context carries over without being recomputed.
+    pub(crate) fn move_kv_to_cpu(&mut self) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        if self.on_gpu() {
+            if !self.kv_stale && !self.tokens.is_empty() {
+                let (k, v) = self.kv_snapshot()?;
+                self.cache.restore(&k, &v, self.tokens.len());
+            }
+            if let Some(g) = self.gpu.as_mut() {
+                g.clear();
+            }
+        }
+        Ok(())
+    }
+
+    /// Every layer's keys and values, `[len][kv_dim]`, wherever they are held.
+    fn kv_snapshot(&self) -> Result<(LayerRows, LayerRows)> {
+        #[cfg(feature = "cuda")]
+        if self.on_gpu()
+            && let Some(g) = &self.gpu
+        {
+            let cfg = self.model.config();
+            let on_gpu = self.model.gpu_layers();
+            let (mut ks, mut vs) = (Vec::new(), Vec::new());
+            for li in 0..cfg.num_layers {
+                let (k, v) = if li < on_gpu {
+                    g.layer_rows(li, cfg.kv_dim())?
+                } else {
+                    self.cache.layer_rows(li, self.tokens.len())
+                };
+                ks.push(k);
+                vs.push(v);
+            }
+            return Ok((ks, vs));
+        }
+        Ok(self.cache.snapshot())
     }
 
     pub fn model(&self) -> &Model {
@@ -260,6 +370,10 @@ impl Session {
     pub fn reset_parts(&mut self, parts: ResetParts) {
         if parts.contains(ResetParts::CONTEXT) {
             self.cache.clear();
+            #[cfg(feature = "cuda")]
+            if let Some(g) = self.gpu.as_mut() {
+                g.clear();
+            }
             self.tokens.clear();
             self.unfed.clear();
             self.kv_stale = false;
@@ -275,8 +389,13 @@ impl Session {
 
     /// The session's context, generator, adapters and optimiser state as a blob for
     /// `load_state` (see `state`).
+    ///
+    /// # Panics
+    /// When the keys and values cannot be read back from the GPU (a device fault).
     pub fn save_state(&self) -> Vec<u8> {
-        let (k, v) = self.cache.snapshot();
+        let (k, v) = self
+            .kv_snapshot()
+            .expect("reading the KV cache back from the GPU");
         SessionState {
             fingerprint: self.model.fingerprint(),
             tokens: self.tokens.clone(),
@@ -311,6 +430,12 @@ impl Session {
             .as_ref()
             .map(|t| Trainer::from_blob(&self.model.transformer().weights, t))
             .transpose()?;
+        #[cfg(feature = "cuda")]
+        if trainer.is_none()
+            && let Some(g) = self.gpu.as_mut()
+        {
+            g.restore(&s.k, &s.v, s.tokens.len())?;
+        }
         self.cache.restore(&s.k, &s.v, s.tokens.len());
         self.trainer = trainer;
         self.kv_stale = s.kv_stale;
@@ -338,19 +463,62 @@ impl Session {
             if self.cancelled() {
                 return Ok(None);
             }
-            let model = self.model.clone();
-            let cache = &mut self.cache;
-            let adapters = self.trainer.as_ref().map(|t| &t.adapters);
-            let hidden = model.compute(|| {
-                model
-                    .transformer()
-                    .forward_with(cache, chunk, adapters, None)
-            })?;
+            let pass = self.pass(chunk, false)?;
             self.tokens.extend_from_slice(chunk);
+            let model = &self.model;
             let h = model.config().hidden_size;
-            last = Some(model.compute(|| model.transformer().logits(&hidden[hidden.len() - h..])));
+            last = Some(match pass {
+                Pass::Logits(l) => l,
+                Pass::Hidden(hidden) => {
+                    model.compute(|| model.transformer().logits(&hidden[hidden.len() - h..]))
+                }
+            });
         }
         Ok(last)
+    }
+
+    /// A forward pass of `chunk` on the session's caches (see `run_chunk`).
+    fn pass(&mut self, chunk: &[TokenId], all_logits: bool) -> Result<Pass> {
+        let model = self.model.clone();
+        let on_gpu = self.on_gpu();
+        #[cfg(feature = "cuda")]
+        let gpu: GpuSide = if on_gpu {
+            match (model.gpu(), self.gpu.as_mut()) {
+                (Some(core), Some(cache)) => Some((&**core, cache)),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        #[cfg(not(feature = "cuda"))]
+        let gpu: GpuSide = {
+            let _ = on_gpu;
+            None
+        };
+        let adapters = self.trainer.as_ref().map(|t| &t.adapters);
+        run_chunk(&model, &mut self.cache, gpu, chunk, adapters, all_logits)
+    }
+
+    /// Runs one generated token; the sampler's candidates come from the GPU (`k` of them) when
+    /// the whole model is there, else the row of logits.
+    fn feed_next(&mut self, token: TokenId, k: Option<usize>) -> Result<Option<Scores>> {
+        #[cfg(feature = "cuda")]
+        if let Some(k) = k
+            && self.on_gpu()
+            && !self.kv_stale
+            && !self.cancelled()
+            && let (Some(core), Some(cache)) = (self.model.gpu(), self.gpu.as_mut())
+            && core.is_full()
+            && k <= core.max_candidates()
+        {
+            let x = self.model.transformer().embed(&[token])?;
+            let top = core.forward_top(cache, &x, k)?;
+            self.tokens.push(token);
+            return Ok(Some(Scores::Top(top)));
+        }
+        #[cfg(not(feature = "cuda"))]
+        let _ = k;
+        Ok(self.feed(&[token])?.map(Scores::Logits))
     }
 
     /// Logits `[tokens.len(), vocab]` of every position after appending `tokens` to the context.
@@ -359,16 +527,15 @@ impl Session {
         self.refresh_kv()?;
         let mut all = Vec::with_capacity(tokens.len() * self.model.config().vocab_size);
         for chunk in tokens.chunks(self.n_batch) {
-            let model = self.model.clone();
-            let cache = &mut self.cache;
-            let adapters = self.trainer.as_ref().map(|t| &t.adapters);
-            let hidden = model.compute(|| {
-                model
-                    .transformer()
-                    .forward_with(cache, chunk, adapters, None)
-            })?;
+            let pass = self.pass(chunk, true)?;
             self.tokens.extend_from_slice(chunk);
-            all.extend(model.compute(|| model.transformer().logits(&hidden)));
+            let model = &self.model;
+            match pass {
+                Pass::Logits(l) => all.extend(l),
+                Pass::Hidden(hidden) => {
+                    all.extend(model.compute(|| model.transformer().logits(&hidden)))
+                }
+            }
         }
         Ok(all)
     }
@@ -452,13 +619,15 @@ impl Session {
             prefill_seconds: 0.0,
             decode_seconds: 0.0,
         };
-        let Some(mut logits) = self.feed(&input)? else {
+        let Some(logits) = self.feed(&input)? else {
             result.stop_reason = StopReason::Cancelled;
             result.prefill_seconds = start.elapsed().as_secs_f64();
             return Ok(result);
         };
         result.prefill_seconds = start.elapsed().as_secs_f64();
         let decode_start = Instant::now();
+        let mut scores = Scores::Logits(logits);
+        let device_k = sampling::candidates_needed(&params.sampling);
 
         let model = self.model.clone();
         let tokenizer = model.tokenizer();
@@ -478,7 +647,12 @@ impl Session {
             let generated = &result.tokens[result.tokens.len().saturating_sub(n)..];
             let context = &self.tokens[self.tokens.len().saturating_sub(n - generated.len())..];
             let history = [context, generated].concat();
-            let next = sampling::sample(&mut logits, &params.sampling, &history, &mut self.rng);
+            let next = match &mut scores {
+                Scores::Logits(l) => sampling::sample(l, &params.sampling, &history, &mut self.rng),
+                Scores::Top(c) => {
+                    sampling::sample_candidates(std::mem::take(c), &params.sampling, &mut self.rng)
+                }
+            };
             result.tokens.push(next);
             if is_stop_token(next) {
                 self.unfed.push(next);
@@ -512,8 +686,8 @@ impl Session {
                 result.stop_reason = StopReason::ContextFull;
                 break;
             }
-            match self.feed(&[next])? {
-                Some(l) => logits = l,
+            match self.feed_next(next, device_k)? {
+                Some(s) => scores = s,
                 None => {
                     result.stop_reason = StopReason::Cancelled;
                     break;
@@ -568,26 +742,47 @@ impl Session {
         }
         let cfg = self.model.config();
         let mut cache = KvCache::new(cfg, tokens.len(), self.cache.kv_type());
+        #[cfg(feature = "cuda")]
+        let mut gcache = match (self.on_gpu(), self.model.gpu()) {
+            (true, Some(core)) => Some(core.new_cache(tokens.len())?),
+            _ => None,
+        };
         let mut nll = Vec::with_capacity(tokens.len() - 1);
         let model = self.model.clone();
         let (h, vocab) = (cfg.hidden_size, cfg.vocab_size);
-        for (ci, chunk) in tokens.chunks(self.n_batch).enumerate() {
+        let mut score_rows = |first: usize, logits: &[f32]| {
+            for (k, row) in logits.chunks_exact(vocab).enumerate() {
+                if let Some(&target) = tokens.get(first + k + 1) {
+                    nll.push(neg_log_softmax(row, target as usize));
+                }
+            }
+        };
+        // On the GPU, passes of at most 64 tokens: their logits are 64 rows, not n_batch.
+        let step = if self.on_gpu() {
+            self.n_batch.min(64)
+        } else {
+            self.n_batch
+        };
+        for (ci, chunk) in tokens.chunks(step).enumerate() {
             if self.cancelled() {
                 return Err(Error::new(ErrorKind::Cancelled, "score was cancelled"));
             }
+            #[cfg(feature = "cuda")]
+            let gpu: GpuSide = match (model.gpu(), gcache.as_mut()) {
+                (Some(core), Some(c)) => Some((&**core, c)),
+                _ => None,
+            };
+            #[cfg(not(feature = "cuda"))]
+            let gpu: GpuSide = None;
             let adapters = self.trainer.as_ref().map(|t| &t.adapters);
-            let hidden = model.compute(|| {
-                model
-                    .transformer()
-                    .forward_with(&mut cache, chunk, adapters, None)
-            })?;
-            // Logits a few rows at a time: never a [tokens, vocab] matrix for large vocabularies.
-            for (ri, rows) in hidden.chunks(16 * h).enumerate() {
-                let logits = model.compute(|| model.transformer().logits(rows));
-                for (k, row) in logits.chunks_exact(vocab).enumerate() {
-                    let pos = ci * self.n_batch + ri * 16 + k;
-                    if let Some(&target) = tokens.get(pos + 1) {
-                        nll.push(neg_log_softmax(row, target as usize));
+            match run_chunk(&model, &mut cache, gpu, chunk, adapters, true)? {
+                Pass::Logits(l) => score_rows(ci * step, &l),
+                Pass::Hidden(hidden) => {
+                    // Logits a few rows at a time: never a [tokens, vocab] matrix for large
+                    // vocabularies.
+                    for (ri, rows) in hidden.chunks(16 * h).enumerate() {
+                        let logits = model.compute(|| model.transformer().logits(rows));
+                        score_rows(ci * step + ri * 16, &logits);
                     }
                 }
             }

@@ -89,6 +89,13 @@ pub struct ModelArgs {
     /// KV cache type: f32 (exact) or f16 (half the memory; faster decode in long contexts).
     #[arg(long, default_value = "f32")]
     kv_cache: String,
+    /// Device: auto (the GPU when this build has CUDA and one is present), cpu, cuda, cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Layers to run on the GPU, from the first (default: all, and the output head); the CPU
+    /// runs the rest.
+    #[arg(long)]
+    gpu_layers: Option<usize>,
 }
 
 /// `--head`, or int8 for `--int8-head`, or native.
@@ -121,6 +128,8 @@ impl ModelArgs {
                 n_threads: self.threads,
                 kernel,
                 head: head_format(&self.head, self.int8_head)?,
+                device: bit_ttt::Device::parse(&self.device)?,
+                gpu_layers: self.gpu_layers,
             },
         )?;
         let session = Session::new(
@@ -260,6 +269,12 @@ struct BenchArgs {
     /// KV cache type: f32 or f16.
     #[arg(long, default_value = "f32")]
     kv_cache: String,
+    /// Device: auto, cpu, cuda, cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Layers to run on the GPU (default: all).
+    #[arg(long)]
+    gpu_layers: Option<usize>,
     /// One JSON line per thread count: {"threads", "kernel", "prefill_tok_s", "decode_tok_s",
     /// "load_s", "peak_rss_bytes"}.
     #[arg(long)]
@@ -408,11 +423,13 @@ fn info(a: &InfoArgs) -> bit_ttt::Result<()> {
                 "threads": model.n_threads(),
                 "kernel": model.kernel().name(),
                 "packing": model.kernel().packing().name(),
+                "device": model.device(),
             })
         );
         return Ok(());
     }
     println!("model        {}", model.location());
+    println!("device       {}", model.device());
     println!("family       {:?}", i.family);
     println!(
         "shape        hidden {}, ffn {}, layers {}, heads {} (kv {}), vocab {}, max positions {}",
@@ -561,6 +578,8 @@ fn bench(a: &BenchArgs) -> bit_ttt::Result<()> {
                 n_threads: threads,
                 kernel,
                 head: head_format(&a.head, a.int8_head)?,
+                device: bit_ttt::Device::parse(&a.device)?,
+                gpu_layers: a.gpu_layers,
             },
         )?;
         let load_s = start.elapsed().as_secs_f64();

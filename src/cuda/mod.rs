@@ -3,9 +3,10 @@
 //! The driver is loaded at run time, so a library built with `cuda` loads and runs on the CPU
 //! on machines without one; [`status`] says why CUDA is off.
 //!
-//! What exists so far: the device, the module, the kernels of the forward pass (bit-exact
-//! against the CPU on their integer outputs) and [`GpuModel`], the whole forward pass on the GPU
-//! for the base model (tests/cuda.rs compares it with the CPU). Sessions do not use it yet.
+//! A model loaded with a CUDA device (`ModelParams::device`) holds a [`GpuCore`]: its first
+//! `gpu_layers` layers (and the head, when that is all of them) on the GPU. Sessions of such a
+//! model run their passes there while they hold no adapters; tests/cuda.rs compares every
+//! kernel and whole passes with the CPU.
 
 use std::sync::{Arc, OnceLock};
 
@@ -16,7 +17,8 @@ use cudarc::driver::{
 use crate::error::{Error, ErrorKind, Result};
 
 mod model;
-pub use model::{GpuCache, GpuModel};
+pub(crate) use model::GpuCore;
+pub use model::{GpuCache, GpuModel, MAX_CANDIDATES, Profile};
 
 /// The kernels' source, for NVRTC when no fatbin was built.
 const SOURCE: &str = include_str!("../../kernels/bitnet.cu");
@@ -43,13 +45,16 @@ pub(crate) struct Kernels {
     pub ternary_gemv: CudaFunction,
     pub rms_norm: CudaFunction,
     pub quantize_padded: CudaFunction,
+    pub norm_quant: CudaFunction,
     pub ternary_linear: CudaFunction,
-    pub rope: CudaFunction,
-    pub attention: CudaFunction,
-    pub glu: CudaFunction,
-    pub add_inplace: CudaFunction,
+    pub gate_up_glu: CudaFunction,
+    pub rope_table: CudaFunction,
+    pub rope_kv: CudaFunction,
+    pub attn_scores: CudaFunction,
+    pub attn_softmax_v: CudaFunction,
     pub dense_head: CudaFunction,
-    pub kv_store: CudaFunction,
+    pub topk_chunks: CudaFunction,
+    pub topk_merge: CudaFunction,
 }
 
 /// The GPU, or why CUDA is off (no driver, no device, a load error). Probed once.
@@ -140,13 +145,16 @@ fn open() -> std::result::Result<Gpu, String> {
         ternary_gemv: f("ternary_gemv")?,
         rms_norm: f("rms_norm")?,
         quantize_padded: f("quantize_padded")?,
+        norm_quant: f("norm_quant")?,
         ternary_linear: f("ternary_linear")?,
-        rope: f("rope")?,
-        attention: f("attention")?,
-        glu: f("glu")?,
-        add_inplace: f("add_inplace")?,
+        gate_up_glu: f("gate_up_glu")?,
+        rope_table: f("rope_table")?,
+        rope_kv: f("rope_kv")?,
+        attn_scores: f("attn_scores")?,
+        attn_softmax_v: f("attn_softmax_v")?,
         dense_head: f("dense_head")?,
-        kv_store: f("kv_store")?,
+        topk_chunks: f("topk_chunks")?,
+        topk_merge: f("topk_merge")?,
     };
     Ok(Gpu {
         name,

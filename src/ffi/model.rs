@@ -33,10 +33,19 @@ pub struct bit_ttt_model_params {
     /// Output head format by name ("native", "int8", "int4"); empty = int8 if int8_head is
     /// set, else native. int4 reads a quarter of bf16's bytes per token (ABI 2).
     pub head: bit_ttt_string,
+    /// Where the model computes: "auto" (empty: the GPU when the library has CUDA and one is
+    /// present, else the CPU), "cpu", "cuda" or "cuda:N" (fails, naming why, when unusable)
+    /// (ABI 4).
+    pub device: bit_ttt_string,
+    /// Layers to run on the GPU, from the first; -1 = all of them and the output head, 0 = none
+    /// (the CPU runs the rest: partial offload) (ABI 4).
+    pub n_gpu_layers: i32,
 }
 
 /// sizeof(bit_ttt_model_params) before `head` was appended, and the bytes of it that held fields.
 const MODEL_PARAMS_V1: (usize, usize) = (32, 25);
+/// sizeof(bit_ttt_model_params) before `device` and `n_gpu_layers` were appended (ABI 2, 3).
+const MODEL_PARAMS_V2: (usize, usize) = (48, 48);
 
 impl bit_ttt_model_params {
     fn defaults() -> Self {
@@ -52,6 +61,11 @@ impl bit_ttt_model_params {
                 ptr: std::ptr::null(),
                 len: 0,
             },
+            device: bit_ttt_string {
+                ptr: std::ptr::null(),
+                len: 0,
+            },
+            n_gpu_layers: -1,
         }
     }
     fn into_rust(self) -> FfiResult<ModelParams> {
@@ -69,10 +83,23 @@ impl bit_ttt_model_params {
         } else {
             HeadFormat::Native
         };
+        let device = crate::Device::parse(&string_in(&self.device, "device")?)?;
+        let gpu_layers = match self.n_gpu_layers {
+            -1 => None,
+            n if n >= 0 => Some(n as usize),
+            n => {
+                return Err(crate::Error::invalid_argument(format!(
+                    "n_gpu_layers = {n}: must be -1 (all) or >= 0"
+                ))
+                .into());
+            }
+        };
         Ok(ModelParams {
             n_threads: self.n_threads as usize,
             kernel,
             head,
+            device,
+            gpu_layers,
         })
     }
 }
@@ -159,7 +186,7 @@ pub extern "C" fn bit_ttt_model_load(
             params,
             "bit_ttt_model_params",
             bit_ttt_model_params::defaults,
-            &[MODEL_PARAMS_V1],
+            &[MODEL_PARAMS_V1, MODEL_PARAMS_V2],
         )?;
         boxed(Model::load(path, &p.into_rust()?)?, out_model)
     })
@@ -188,7 +215,7 @@ pub extern "C" fn bit_ttt_model_load_memory(
             params,
             "bit_ttt_model_params",
             bit_ttt_model_params::defaults,
-            &[MODEL_PARAMS_V1],
+            &[MODEL_PARAMS_V1, MODEL_PARAMS_V2],
         )?;
         boxed(Model::load_memory(map, &p.into_rust()?)?, out_model)
     })

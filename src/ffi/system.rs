@@ -8,7 +8,7 @@ use super::strings::text_out;
 use crate::log::{self, Level};
 
 /// Version of the C ABI: bumped only by additions (functions, struct fields at the end).
-pub const BIT_TTT_ABI_VERSION: u32 = 3;
+pub const BIT_TTT_ABI_VERSION: u32 = 4;
 
 /// Log levels passed to the log callback.
 pub const BIT_TTT_LOG_ERROR: i32 = 1;

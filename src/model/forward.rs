@@ -180,7 +180,6 @@ impl Transformer {
         adapters: Option<&Adapters>,
         mut tape: Option<&mut Tape>,
     ) -> Result<Vec<f32>> {
-        let cfg = &self.weights.config;
         let n = tokens.len();
         if n == 0 {
             return Err(Error::invalid_argument("forward: no tokens"));
@@ -196,14 +195,51 @@ impl Transformer {
                 ),
             ));
         }
-        let mut x = self.embed(tokens)?;
+        let x = self.embed(tokens)?;
         if let Some(tape) = tape.as_deref_mut() {
             tape.start = cache.len();
             tape.n = n;
             tape.layers.clear();
         }
+        self.layers_from(cache, x, 0, adapters, tape)
+    }
+
+    /// Layers `first..` and the final norm on hidden states `x` that layers `..first` produced
+    /// elsewhere (on the GPU, with a model offloaded in part); appends to the cache's layers
+    /// `first..` and advances it.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn forward_from(
+        &self,
+        cache: &mut KvCache,
+        x: Vec<f32>,
+        first: usize,
+    ) -> Result<Vec<f32>> {
+        let n = x.len() / self.weights.config.hidden_size;
+        if cache.len() + n > cache.capacity() {
+            return Err(Error::new(
+                crate::ErrorKind::ContextFull,
+                format!(
+                    "{n} tokens after {} do not fit in a context of {}",
+                    cache.len(),
+                    cache.capacity()
+                ),
+            ));
+        }
+        self.layers_from(cache, x, first, None, None)
+    }
+
+    fn layers_from(
+        &self,
+        cache: &mut KvCache,
+        mut x: Vec<f32>,
+        first: usize,
+        adapters: Option<&Adapters>,
+        mut tape: Option<&mut Tape>,
+    ) -> Result<Vec<f32>> {
+        let cfg = &self.weights.config;
+        let n = x.len() / cfg.hidden_size;
         let scale = adapters.map_or(0.0, Adapters::scale);
-        for (li, layer) in self.weights.layers.iter().enumerate() {
+        for (li, layer) in self.weights.layers.iter().enumerate().skip(first) {
             let lora = |p: usize| adapters.and_then(|a| a.get(li, p));
             let mut rec = tape
                 .as_deref()

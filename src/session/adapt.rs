@@ -237,6 +237,8 @@ impl Session {
             ))),
             Some(_) => Ok(()),
             None => {
+                // Adapters run on the CPU: the context the GPU holds moves there first.
+                self.move_kv_to_cpu()?;
                 self.trainer = Some(Trainer::new(
                     &self.model.transformer().weights,
                     shape,
@@ -270,6 +272,11 @@ impl Session {
         let cfg = self.model.config();
         let mut cache = KvCache::new(cfg, self.cache.capacity(), self.cache.kv_type());
         let model = self.model.clone();
+        #[cfg(feature = "cuda")]
+        let mut gcache = match (self.on_gpu(), model.gpu()) {
+            (true, Some(core)) => Some(core.new_cache(self.cache.capacity())?),
+            _ => None,
+        };
         let adapters = self.trainer.as_ref().map(|t| &t.adapters);
         for chunk in self.tokens.chunks(self.n_batch) {
             if self.cancel.load(std::sync::atomic::Ordering::SeqCst) {
@@ -278,13 +285,20 @@ impl Session {
                     "cancelled while recomputing the context",
                 ));
             }
-            model.compute(|| {
-                model
-                    .transformer()
-                    .forward_with(&mut cache, chunk, adapters, None)
-            })?;
+            #[cfg(feature = "cuda")]
+            let gpu: super::GpuSide = match (model.gpu(), gcache.as_mut()) {
+                (Some(core), Some(c)) => Some((&**core, c)),
+                _ => None,
+            };
+            #[cfg(not(feature = "cuda"))]
+            let gpu: super::GpuSide = None;
+            super::run_chunk(&model, &mut cache, gpu, chunk, adapters, false)?;
         }
         self.cache = cache;
+        #[cfg(feature = "cuda")]
+        if let Some(g) = gcache {
+            self.gpu = Some(g);
+        }
         self.kv_stale = false;
         Ok(())
     }

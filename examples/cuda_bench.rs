@@ -2,7 +2,7 @@
 //! memory-bandwidth roofline, with a per-kernel profile of one decode step, and the cost of
 //! partial offload through sessions. Run on the GPU machine (see docs/CUDA.md):
 //!
-//!     cuda_bench MODEL_DIR [PROMPT_TOKENS [GEN_TOKENS]]
+//!     cuda_bench MODEL_DIR [PROMPT_TOKENS [GEN_TOKENS [no-sessions]]]
 //!
 //! Prints JSON lines: one for the GPU pass ("mode": "gpu_pass"), one per kernel name of a
 //! profiled decode step ("mode": "profile"), one per session setup ("mode": "session").
@@ -97,6 +97,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         profile.len()
     );
     drop((cache, cache2, gm));
+    if args.get(4).is_some_and(|a| a == "no-sessions") {
+        return Ok(());
+    }
 
     // Sessions: the whole model, half of its layers and none on the GPU.
     let layers = model.config().num_layers;

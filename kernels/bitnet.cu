@@ -485,23 +485,29 @@ extern "C" __global__ void attn_scores(const float *__restrict__ q, const float 
 #define ATT_STAGES 5
 #define ATT_MAX_D 128
 
-// Asynchronous 4-byte copies global -> shared (sm_80+): many loads in flight without registers.
+// Asynchronous copies global -> shared (sm_80+): many loads in flight without registers.
 __device__ __forceinline__ void cp_async4(void *smem, const void *gmem) {
     const unsigned int s = (unsigned int)__cvta_generic_to_shared(smem);
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(gmem));
+}
+// 16 bytes, both addresses 16-byte aligned; bypasses L1.
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem) {
+    const unsigned int s = (unsigned int)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 // All but the newest ATT_STAGES - 1 groups complete.
 __device__ __forceinline__ void cp_async_wait_stages() { asm volatile("cp.async.wait_group 4;\n" ::); }
 
-// Starts copying value rows j0.. (up to ATT_TILE of those < visible) and their weights.
+// Starts copying value rows j0.. (up to ATT_TILE of those < visible) and their weights; d and
+// kv_dim multiples of 4, so that rows go in 16-byte pieces.
 __device__ __forceinline__ void att_issue_tile(float (*vt)[ATT_MAX_D], float *pt,
                                                const float *vbase, const float *p, int j0,
                                                int visible, int d, int kv_dim) {
-    const int rows = min(ATT_TILE, visible - j0);
-    for (int idx = threadIdx.x; idx < rows * d; idx += blockDim.x) {
-        const int u = idx / d, c = idx - u * d;
-        cp_async4(&vt[u][c], vbase + (long long)(j0 + u) * kv_dim + c);
+    const int rows = min(ATT_TILE, visible - j0), quads = d / 4;
+    for (int idx = threadIdx.x; idx < rows * quads; idx += blockDim.x) {
+        const int u = idx / quads, c = (idx - u * quads) * 4;
+        cp_async16(&vt[u][c], vbase + (long long)(j0 + u) * kv_dim + c);
     }
     for (int u = threadIdx.x; u < rows; u += blockDim.x) cp_async4(&pt[u], p + j0 + u);
     cp_async_commit();
@@ -513,7 +519,7 @@ __device__ __forceinline__ void att_issue_tile(float (*vt)[ATT_MAX_D], float *pt
 // are unrolled so that their latency is the adds' alone.
 extern "C" __global__ void attn_softmax_v(float *__restrict__ scratch, const float *__restrict__ vc,
                                           float *__restrict__ out, const int *__restrict__ past_at,
-                                          int heads, int kv_heads, int d, int ctx) {
+                                          int heads, int kv_heads, int d, int ctx, int tiled) {
     const int row = blockIdx.x, t = row / heads, h = row % heads;
     const int visible = *past_at + t + 1;
     const int kv_dim = kv_heads * d, kv_off = (h / (heads / kv_heads)) * d;
@@ -556,10 +562,10 @@ extern "C" __global__ void attn_softmax_v(float *__restrict__ scratch, const flo
     // Weights p_j = e_j * inv, rounded as the CPU rounds them before the weighted sum.
     const float inv = inv_sum;
     float *oh = out + (long long)row * d;
-    if (d <= ATT_MAX_D && (int)blockDim.x >= d) {
+    if (tiled && d <= ATT_MAX_D && (d & 3) == 0 && (int)blockDim.x >= d) {
         // Tiles of ATT_TILE value rows and their weights copied to shared memory
         // asynchronously, ATT_STAGES - 1 tiles in flight while one is summed.
-        __shared__ float vt[ATT_STAGES][ATT_TILE][ATT_MAX_D];
+        __shared__ __align__(16) float vt[ATT_STAGES][ATT_TILE][ATT_MAX_D];
         __shared__ float pt[ATT_STAGES][ATT_TILE];
         const int tiles = (visible + ATT_TILE - 1) / ATT_TILE;
         const float *vbase = vc + kv_off;
@@ -599,6 +605,7 @@ extern "C" __global__ void attn_softmax_v(float *__restrict__ scratch, const flo
     for (int i = threadIdx.x; i < d; i += blockDim.x) {
         const float *vcol = vc + kv_off + i;
         float acc = 0.0f;
+#pragma unroll 8
         for (int j = 0; j < visible; j++) acc += (sc[j] * inv) * vcol[(long long)j * kv_dim];
         oh[i] = acc;
     }

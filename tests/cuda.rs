@@ -181,7 +181,8 @@ fn gpu_forward_matches_the_cpu_on_every_model() {
     }
     let prompt = "The committee met on Tuesday to discuss the new budget, and several members said";
     for (name, dir, _) in common::parity_cases() {
-        let model = Model::load(&dir, &ModelParams::default()).unwrap();
+        // The reference session must run on the CPU (the default device is the GPU here).
+        let model = Model::load(&dir, &params(bit_ttt::Device::Cpu, None)).unwrap();
         let gm = match cuda::GpuModel::new(&model) {
             Ok(g) => g,
             Err(e) if e.kind() == bit_ttt::ErrorKind::Unsupported => {

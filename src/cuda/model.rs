@@ -146,6 +146,17 @@ impl GpuCache {
     }
 }
 
+/// How attn_softmax_v reads the values: in tiles copied asynchronously to shared memory (1), or
+/// straight from the cache (0). BIT_TTT_CUDA_ATTN=tiled|plain overrides the default.
+fn att_tiled() -> i32 {
+    static V: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
+    *V.get_or_init(|| match std::env::var("BIT_TTT_CUDA_ATTN").as_deref() {
+        Ok("plain") => 0,
+        Ok("tiled") => 1,
+        _ => 1,
+    })
+}
+
 fn grid(x: usize, y: usize, threads: u32) -> Result<LaunchConfig> {
     Ok(LaunchConfig {
         grid_dim: (dim(x, "grid")? as u32, dim(y, "grid")? as u32, 1),
@@ -577,7 +588,11 @@ impl GpuCore {
             let [lq, lk, lv, lo, lg, lu, ld] = &l.lin;
             self.norm_quant(x, &l.input_norm, hidden, lq.row_bytes * 4, n, qi8, qs)?;
             mark("norm_quant")?;
-            let qkv = [Some((lq, &mut *q)), Some((lk, &mut *kbuf)), Some((lv, &mut *vbuf))];
+            let qkv = [
+                Some((lq, &mut *q)),
+                Some((lk, &mut *kbuf)),
+                Some((lv, &mut *vbuf)),
+            ];
             self.linear(qkv, lq.row_bytes, (qi8, qs), n, false)?;
             mark("qkv")?;
             self.rope_kv(q, kbuf, vbuf, (&mut kc[li], &mut vc[li]), (pos, rope), n)?;
@@ -591,9 +606,23 @@ impl GpuCore {
                 None => self.quantize(att, q_dim, lo.row_bytes * 4, n, qi8, qs)?,
             }
             mark("norm_quant")?;
-            self.linear([Some((lo, &mut *x)), None, None], lo.row_bytes, (qi8, qs), n, true)?;
+            self.linear(
+                [Some((lo, &mut *x)), None, None],
+                lo.row_bytes,
+                (qi8, qs),
+                n,
+                true,
+            )?;
             mark("o_proj")?;
-            self.norm_quant(x, &l.post_attention_norm, hidden, lg.row_bytes * 4, n, qi8, qs)?;
+            self.norm_quant(
+                x,
+                &l.post_attention_norm,
+                hidden,
+                lg.row_bytes * 4,
+                n,
+                qi8,
+                qs,
+            )?;
             mark("norm_quant")?;
             self.gate_up(lg, lu, (qi8, qs), n, relu2, m)?;
             mark("gate_up_glu")?;
@@ -602,7 +631,13 @@ impl GpuCore {
                 None => self.quantize(m, ffn, ld.row_bytes * 4, n, qi8, qs)?,
             }
             mark("norm_quant")?;
-            self.linear([Some((ld, &mut *x)), None, None], ld.row_bytes, (qi8, qs), n, true)?;
+            self.linear(
+                [Some((ld, &mut *x)), None, None],
+                ld.row_bytes,
+                (qi8, qs),
+                n,
+                true,
+            )?;
             mark("down_proj")?;
         }
         let Some(head) = &self.head else {
@@ -882,6 +917,7 @@ impl GpuCore {
         let cfg = &self.cfg;
         let (heads_i, kvh_i, d_i, ctx_i) = self.attn_dims(ctx)?;
         let threads = cfg.head_dim.next_multiple_of(32).clamp(32, 1024) as u32;
+        let tiled = att_tiled();
         let mut b = self.gpu.stream.launch_builder(&self.gpu.k.attn_softmax_v);
         b.arg(scratch)
             .arg(v)
@@ -890,9 +926,10 @@ impl GpuCore {
             .arg(&heads_i)
             .arg(&kvh_i)
             .arg(&d_i)
-            .arg(&ctx_i);
+            .arg(&ctx_i)
+            .arg(&tiled);
         // SAFETY: (float* scratch, const float* v, float* out, const int* past, int heads,
-        // kv_heads, d, ctx); scratch holds n × heads × ctx, v the cache (ctx rows of kv_dim),
+        // kv_heads, d, ctx, int tiled); scratch holds n × heads × ctx, v the cache (ctx rows of kv_dim),
         // out n × heads × d, and *past + n <= ctx (checked by run).
         unsafe { b.launch(grid(n * cfg.num_heads, 1, threads)?) }
             .map_err(|e| cuda_err("attn_softmax_v", e))?;

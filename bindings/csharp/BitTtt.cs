@@ -52,6 +52,8 @@ namespace BitTtt
         public string Kernel;         // null = the fastest this CPU runs
         public bool Int8Head;
         public string Head;           // "native", "int8" or "int4"; null = Int8Head decides
+        public string Device;         // "auto" (null), "cpu", "cuda" or "cuda:N"
+        public int GpuLayers = -1;    // layers on the GPU, -1 = all and the output head
     }
 
     public sealed class GenerateOptions
@@ -126,7 +128,7 @@ namespace BitTtt
         public struct Str { public IntPtr Ptr; public UIntPtr Len; }
 
         [StructLayout(LayoutKind.Sequential)]
-        public struct ModelParams { public uint StructSize; public uint NThreads; public Str Kernel; public byte Int8Head; public Str Head; }
+        public struct ModelParams { public uint StructSize; public uint NThreads; public Str Kernel; public byte Int8Head; public Str Head; public Str Device; public int NGpuLayers; }
 
         [StructLayout(LayoutKind.Sequential)]
         public struct ModelInfo
@@ -251,7 +253,7 @@ namespace BitTtt
 
         static Native()
         {
-            if (bit_ttt_abi_version() < 3) throw new BitTttException(Status.AbiMismatch, "library ABI is older than these bindings");
+            if (bit_ttt_abi_version() < 4) throw new BitTttException(Status.AbiMismatch, "library ABI is older than these bindings");
             CheckSize("bit_ttt_model_params", typeof(ModelParams));
             CheckSize("bit_ttt_model_info", typeof(ModelInfo));
             CheckSize("bit_ttt_session_params", typeof(SessionParams));
@@ -286,7 +288,7 @@ namespace BitTtt
         {
             var p = new Native.ModelParams();
             Native.Check(Native.bit_ttt_model_params_init(ref p));
-            GCHandle kernel = default(GCHandle), head = default(GCHandle);
+            GCHandle kernel = default(GCHandle), head = default(GCHandle), device = default(GCHandle);
             try
             {
                 if (options != null)
@@ -307,6 +309,14 @@ namespace BitTtt
                         p.Head.Ptr = head.AddrOfPinnedObject();
                         p.Head.Len = (UIntPtr)hb.Length;
                     }
+                    if (!string.IsNullOrEmpty(options.Device))
+                    {
+                        byte[] db = Native.Utf8(options.Device);
+                        device = GCHandle.Alloc(db, GCHandleType.Pinned);
+                        p.Device.Ptr = device.AddrOfPinnedObject();
+                        p.Device.Len = (UIntPtr)db.Length;
+                    }
+                    p.NGpuLayers = options.GpuLayers;
                 }
                 byte[] b = Native.Utf8(path);
                 ModelHandle h;
@@ -317,6 +327,7 @@ namespace BitTtt
             {
                 if (kernel.IsAllocated) kernel.Free();
                 if (head.IsAllocated) head.Free();
+                if (device.IsAllocated) device.Free();
             }
         }
 

@@ -238,6 +238,53 @@ static void test_model_errors(void) {
     CHECK(strstr(bit_ttt_last_error(), "int3") != NULL);
     CHECK(m == NULL);
 
+    /* The device by name and the layers to offload (ABI 4): "cpu" loads; an unknown device or
+     * a negative layer count other than -1 is named in the error; "cuda" loads only where the
+     * library has CUDA and finds a GPU, else it is refused saying why. */
+    OK(bit_ttt_model_params_init(&mp));
+    CHECK(mp.n_gpu_layers == -1 && mp.device.ptr == NULL);
+    mp.device.ptr = "cpu";
+    mp.device.len = BIT_TTT_NUL_TERMINATED;
+    OK(bit_ttt_model_load(g_model_dir, BIT_TTT_NUL_TERMINATED, &mp, &m));
+    bit_ttt_model_free(m);
+    m = NULL;
+    mp.device.ptr = "tpu";
+    EXPECT(bit_ttt_model_load(g_model_dir, BIT_TTT_NUL_TERMINATED, &mp, &m), BIT_TTT_INVALID_ARGUMENT);
+    CHECK(strstr(bit_ttt_last_error(), "tpu") != NULL);
+    mp.device.ptr = "cpu";
+    mp.n_gpu_layers = -2;
+    EXPECT(bit_ttt_model_load(g_model_dir, BIT_TTT_NUL_TERMINATED, &mp, &m), BIT_TTT_INVALID_ARGUMENT);
+    CHECK(strstr(bit_ttt_last_error(), "n_gpu_layers") != NULL);
+    mp.n_gpu_layers = -1;
+    mp.device.ptr = "cuda";
+    {
+        bit_ttt_status st = bit_ttt_model_load(g_model_dir, BIT_TTT_NUL_TERMINATED, &mp, &m);
+        if (st == BIT_TTT_OK) {
+            bit_ttt_model_free(m);
+            m = NULL;
+        } else {
+            CHECK(st == BIT_TTT_UNSUPPORTED);
+            CHECK(strstr(bit_ttt_last_error(), "cuda") != NULL);
+            CHECK(m == NULL);
+        }
+    }
+    /* A caller built against ABI 2 or 3 (struct_size 48, no device fields) still loads. */
+    {
+        struct {
+            uint32_t struct_size, n_threads;
+            bit_ttt_string kernel;
+            uint8_t int8_head, padding[7];
+            bit_ttt_string head;
+        } v2;
+        CHECK(sizeof v2 == 48 && sizeof(bit_ttt_model_params) > 48);
+        memset(&v2, 0, sizeof v2);
+        v2.struct_size = sizeof v2;
+        v2.n_threads = 1;
+        OK(bit_ttt_model_load(g_model_dir, BIT_TTT_NUL_TERMINATED, (const bit_ttt_model_params *)&v2, &m));
+        bit_ttt_model_free(m);
+        m = NULL;
+    }
+
     char dir[4096];
     snprintf(dir, sizeof dir, "%s/truncated", g_scratch);
     copy_model(dir, 1000);

@@ -40,6 +40,10 @@ static class Tests
         using (var m4 = Model.Load(dir, new ModelOptions { Head = "int4" }))
             Check(m4.Info.VocabSize > 0, "int4 head");
         Throws(Status.InvalidArgument, () => Model.Load(dir, new ModelOptions { Head = "int3" }), "unknown head");
+        using (var cpu = Model.Load(dir, new ModelOptions { Device = "cpu" }))
+            Check(cpu.Info.VocabSize > 0, "device cpu");
+        Throws(Status.InvalidArgument, () => Model.Load(dir, new ModelOptions { Device = "tpu" }), "unknown device");
+        Throws(Status.InvalidArgument, () => Model.Load(dir, new ModelOptions { GpuLayers = -2 }), "negative GPU layers");
 
         using (var model = Model.Load(dir))
         {

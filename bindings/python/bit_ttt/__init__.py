@@ -99,11 +99,14 @@ class Llama:
     seed: the sampler's seed. kernel: force a CPU kernel ("avx2", ...). head: the output head's
     format, "native", "int8" or "int4" (fewer bytes per token, faster decode; int8_head=True is
     head="int8"). kv_cache: "f32" (exact, the default) or "f16" (half the KV memory, faster
-    decode in long contexts; llama.cpp's default).
+    decode in long contexts; llama.cpp's default). device: "auto" (the GPU when the library was
+    built with CUDA and finds one, the default), "cpu", "cuda" or "cuda:N"; n_gpu_layers: layers
+    to run on the GPU, -1 = all and the output head (as llama-cpp-python's n_gpu_layers).
     """
 
     def __init__(self, model_path=None, *, n_ctx=0, n_threads=0, n_batch=512, seed=None,
-                 kernel=None, int8_head=False, head=None, kv_cache=None, verbose=False):
+                 kernel=None, int8_head=False, head=None, kv_cache=None, device=None,
+                 n_gpu_layers=-1, verbose=False):
         self._model = c_void_p()
         self._session = c_void_p()
         path = Path(model_path) if model_path is not None else _sample_model()
@@ -120,6 +123,11 @@ class Llama:
         if head_bytes:
             head_buf = ctypes.create_string_buffer(head_bytes)
             mp.head.ptr, mp.head.len = ctypes.cast(head_buf, c_void_p), len(head_bytes)
+        device_bytes = _utf8(device) if device else b""
+        if device_bytes:
+            device_buf = ctypes.create_string_buffer(device_bytes)
+            mp.device.ptr, mp.device.len = ctypes.cast(device_buf, c_void_p), len(device_bytes)
+        mp.n_gpu_layers = int(n_gpu_layers)
         p = _utf8(str(path))
         check(_L.bit_ttt_model_load(p, len(p), byref(mp), byref(self._model)))
         sp = _lib.SessionParams()

@@ -69,7 +69,8 @@ AdaptCallback = CFUNCTYPE(c_int32, c_void_p, c_int32, c_int32, c_float)
 
 class ModelParams(Structure):
     _fields_ = [("struct_size", c_uint32), ("n_threads", c_uint32), ("kernel", String),
-                ("int8_head", c_uint8), ("head", String)]
+                ("int8_head", c_uint8), ("head", String), ("device", String),
+                ("n_gpu_layers", c_int32)]
 
 
 class ModelInfo(Structure):
@@ -202,7 +203,7 @@ def load():
     for name, (res, args) in _PROTOTYPES.items():
         f = getattr(lib, name)
         f.restype, f.argtypes = res, args
-    if lib.bit_ttt_abi_version() < 3:
+    if lib.bit_ttt_abi_version() < 4:
         raise OSError(f"{path}: ABI version {lib.bit_ttt_abi_version()} is older than these bindings")
     for cname, py in STRUCTS.items():
         size = lib.bit_ttt_struct_size(cname.encode())

@@ -211,6 +211,15 @@ def test_quantised_heads_load_and_generate():
         bit_ttt.Llama(n_ctx=128, head="int3")
 
 
+def test_device_is_chosen_by_name_and_unknown_ones_are_refused():
+    with bit_ttt.Llama(n_ctx=128, seed=1, device="cpu") as m:
+        assert m("It was a cold morning and", max_tokens=3, temperature=0)["choices"][0]["text"]
+    with pytest.raises(bit_ttt.InvalidArgumentError, match="tpu"):
+        bit_ttt.Llama(n_ctx=128, device="tpu")
+    with pytest.raises(bit_ttt.InvalidArgumentError, match="n_gpu_layers"):
+        bit_ttt.Llama(n_ctx=128, n_gpu_layers=-2)
+
+
 def test_f16_kv_cache_generates_and_unknown_types_are_refused():
     with bit_ttt.Llama(n_ctx=128, seed=1, kv_cache="f16") as m:
         assert m("It was a cold morning and", max_tokens=4, temperature=0)["choices"][0]["text"]

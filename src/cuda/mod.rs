@@ -37,6 +37,9 @@ pub struct Gpu {
     pub kernels_from: &'static str,
     pub(crate) stream: Arc<CudaStream>,
     pub(crate) k: Kernels,
+    /// Held by whoever uses the stream: sessions on several threads share it, and a decode step
+    /// being captured into a graph must not take in another session's launches.
+    pub(crate) lock: parking_lot::Mutex<()>,
 }
 
 /// Every kernel of kernels/bitnet.cu.
@@ -162,6 +165,7 @@ fn open() -> std::result::Result<Gpu, String> {
         kernels_from,
         stream,
         k,
+        lock: parking_lot::Mutex::new(()),
     })
 }
 
@@ -185,6 +189,7 @@ pub struct GpuTernary {
 impl Gpu {
     /// Uploads packed ternary weights `[ceil(rows/4), cols]`.
     pub fn upload_ternary(&self, packed: &[u8], rows: usize, cols: usize) -> Result<GpuTernary> {
+        let _stream = self.lock.lock();
         if packed.len() != crate::quant::packed_rows(rows) * cols {
             return Err(Error::invalid_argument(format!(
                 "packed weights have {} bytes, [{rows}, {cols}] needs {}",
@@ -202,6 +207,7 @@ impl Gpu {
     /// Per-row absmax int8 quantisation of `x` `[n_tok, cols]` on the GPU: (q, scales), equal to
     /// `quant::quantize_activations` row by row.
     pub fn quantize_rows(&self, x: &[f32], cols: usize) -> Result<(Vec<i8>, Vec<f32>)> {
+        let _stream = self.lock.lock();
         if cols == 0 || !x.len().is_multiple_of(cols) {
             return Err(Error::invalid_argument(format!(
                 "{} values are not rows of {cols}",
@@ -245,6 +251,7 @@ impl Gpu {
 
     /// `acc[t][r] = Σ_c T[r][c] · q[t][c]` on the GPU, equal to `kernels::scalar::ternary_gemm`.
     pub fn ternary_gemv(&self, w: &GpuTernary, q: &[i8]) -> Result<Vec<i32>> {
+        let _stream = self.lock.lock();
         if w.cols == 0 || !q.len().is_multiple_of(w.cols) {
             return Err(Error::invalid_argument(format!(
                 "{} activations are not rows of {}",

@@ -51,24 +51,49 @@ pub(crate) struct GpuCore {
     cfg: Config,
     layers: Vec<GpuLayer>,
     head: Option<GpuHead>,
-    inv_freq: CudaSlice<f32>,
+    /// An Option only so that `drop` can free it while it holds the stream.
+    inv_freq: Option<CudaSlice<f32>>,
+}
+
+impl Drop for GpuCore {
+    fn drop(&mut self) {
+        let _stream = self.gpu.lock.lock();
+        self.layers.clear();
+        self.head = None;
+        self.inv_freq = None;
+    }
 }
 
 /// Keys and values of one sequence on the GPU (the offloaded layers), and the activation
 /// buffers its forward passes reuse (allocated for the largest batch seen, so decoding
 /// allocates nothing per token).
 pub struct GpuCache {
+    gpu: &'static Gpu,
     k: Vec<CudaSlice<f32>>,
     v: Vec<CudaSlice<f32>>,
     len: usize,
     capacity: usize,
     work: Option<Work>,
-    /// The position of the first token of the next pass (read by the kernels).
-    pos: CudaSlice<i32>,
+    /// The position of the first token of the next pass (read by the kernels). Options here and
+    /// below only so that `drop` can free them while it holds the stream.
+    pos: Option<CudaSlice<i32>>,
     /// (cos, sin) of every position's rotary angles, `[capacity][head_dim / 2]`.
-    rope: CudaSlice<f32>,
+    rope: Option<CudaSlice<f32>>,
     /// The single-token step, captured on first use (it points into `work`).
     graph: Option<StepGraph>,
+}
+
+impl Drop for GpuCache {
+    fn drop(&mut self) {
+        // Freeing enqueues on the shared stream: never into another thread's capture.
+        let _stream = self.gpu.lock.lock();
+        self.graph = None;
+        self.work = None;
+        self.k.clear();
+        self.v.clear();
+        self.pos = None;
+        self.rope = None;
+    }
 }
 
 /// A captured decode step.
@@ -115,6 +140,7 @@ impl GpuCache {
     }
     /// Layer `li`'s keys and values, position-major `[len][kv_dim]` (the session-state layout).
     pub(crate) fn layer_rows(&self, li: usize, kv_dim: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+        let _stream = self.gpu.lock.lock();
         let n = self.len * kv_dim;
         let s = self.k[li].stream();
         let k = s
@@ -134,6 +160,7 @@ impl GpuCache {
                 self.capacity
             )));
         }
+        let _stream = self.gpu.lock.lock();
         for li in 0..self.k.len() {
             let s = self.k[li].stream().clone();
             s.memcpy_htod(&k[li][..], &mut self.k[li].slice_mut(0..k[li].len()))
@@ -188,6 +215,7 @@ impl GpuCore {
     pub(crate) fn new(tf: &Transformer, n_layers: usize) -> Result<Self> {
         let gpu = status()
             .map_err(|why| Error::new(ErrorKind::Unsupported, format!("CUDA is off: {why}")))?;
+        let _stream = gpu.lock.lock();
         let w = &tf.weights;
         let n_layers = n_layers.min(w.layers.len());
         let up_f32 = |v: &[f32]| gpu.stream.clone_htod(v).map_err(|e| cuda_err("upload", e));
@@ -245,7 +273,7 @@ impl GpuCore {
             cfg: w.config.clone(),
             layers,
             head,
-            inv_freq: up_f32(tf.rope().inv_freq())?,
+            inv_freq: Some(up_f32(tf.rope().inv_freq())?),
         })
     }
 
@@ -270,6 +298,7 @@ impl GpuCore {
     }
 
     pub(crate) fn new_cache(&self, capacity: usize) -> Result<GpuCache> {
+        let _stream = self.gpu.lock.lock();
         let n = capacity * self.cfg.kv_dim();
         let alloc = || {
             (0..self.layers.len())
@@ -290,23 +319,27 @@ impl GpuCore {
         if capacity > 0 && half > 0 {
             let half_i = dim(half, "head_dim")?;
             let mut b = self.gpu.stream.launch_builder(&self.gpu.k.rope_table);
-            b.arg(&self.inv_freq).arg(&half_i).arg(&mut rope);
+            b.arg(self.inv_freq.as_ref().expect("freed only by drop"))
+                .arg(&half_i)
+                .arg(&mut rope);
             // SAFETY: (const float*, int, float2*): inv_freq holds half floats, rope capacity ×
             // half float pairs (one block per position).
             unsafe { b.launch(grid(capacity, 1, 64)?) }.map_err(|e| cuda_err("rope_table", e))?;
         }
         Ok(GpuCache {
+            gpu: self.gpu,
             k: alloc()?,
             v: alloc()?,
             len: 0,
             capacity,
             work: None,
-            pos: self
-                .gpu
-                .stream
-                .alloc_zeros::<i32>(1)
-                .map_err(|e| cuda_err("alloc", e))?,
-            rope,
+            pos: Some(
+                self.gpu
+                    .stream
+                    .alloc_zeros::<i32>(1)
+                    .map_err(|e| cuda_err("alloc", e))?,
+            ),
+            rope: Some(rope),
             graph: None,
         })
     }
@@ -381,7 +414,7 @@ impl GpuCore {
             s.memcpy_htod(x, &mut work.x.slice_mut(0..n * hidden))
                 .map_err(|e| cuda_err("upload", e))?;
         }
-        s.memcpy_htod(&[past], &mut cache.pos)
+        s.memcpy_htod(&[past], cache.pos.as_mut().expect("freed only by drop"))
             .map_err(|e| cuda_err("upload", e))?;
         if n == 1 && !all_logits {
             if cache.graph.is_none() {
@@ -419,6 +452,7 @@ impl GpuCore {
         all_logits: bool,
     ) -> Result<Vec<f32>> {
         self.need_head()?;
+        let _stream = self.gpu.lock.lock();
         let n = self.run(cache, x, all_logits)?;
         let rows = if all_logits { n } else { 1 };
         let work = cache.work.as_ref().expect("allocated by run");
@@ -431,6 +465,7 @@ impl GpuCore {
     /// Hidden states `[n, hidden]` after the offloaded layers (not normalised), for the CPU
     /// to go on from.
     pub(crate) fn forward_hidden(&self, cache: &mut GpuCache, x: &[f32]) -> Result<Vec<f32>> {
+        let _stream = self.gpu.lock.lock();
         let n = self.run(cache, x, false)?;
         let work = cache.work.as_ref().expect("allocated by run");
         self.gpu
@@ -455,6 +490,7 @@ impl GpuCore {
                 self.max_candidates()
             )));
         }
+        let _stream = self.gpu.lock.lock();
         self.run(cache, x, false)?;
         let vocab = self.cfg.vocab_size;
         let chunks = vocab.div_ceil(TOPK_CHUNK);
@@ -495,6 +531,7 @@ impl GpuCore {
     /// Times each launch of one uncaptured pass of `x` (appended to the cache like a normal
     /// step): kernel names and microseconds, from CUDA events.
     pub(crate) fn profile(&self, cache: &mut GpuCache, x: &[f32]) -> Result<Profile> {
+        let _stream = self.gpu.lock.lock();
         let hidden = self.cfg.hidden_size;
         let n = x.len() / hidden;
         if cache.work.as_ref().is_none_or(|w| w.n < n) {
@@ -508,8 +545,11 @@ impl GpuCore {
             s.memcpy_htod(x, &mut work.x.slice_mut(0..n * hidden))
                 .map_err(|e| cuda_err("upload", e))?;
         }
-        s.memcpy_htod(&[dim(cache.len, "position")?], &mut cache.pos)
-            .map_err(|e| cuda_err("upload", e))?;
+        s.memcpy_htod(
+            &[dim(cache.len, "position")?],
+            cache.pos.as_mut().expect("freed only by drop"),
+        )
+        .map_err(|e| cuda_err("upload", e))?;
         let mut marks = vec![("start", self.event()?)];
         self.pass(cache, n, false, Some(&mut marks))?;
         cache.len += n;
@@ -563,6 +603,10 @@ impl GpuCore {
             rope,
             ..
         } = cache;
+        let (pos, rope) = (
+            pos.as_ref().expect("freed only by drop"),
+            rope.as_ref().expect("freed only by drop"),
+        );
         let Work {
             x,
             h,

@@ -183,14 +183,14 @@ mod x86 {
     /// memory during decode (the weights evict it between layers).
     const AHEAD: usize = 64;
 
-    /// Requests `x[from..from + len]` into L1 (nothing past the end of `x`).
+    /// Requests `x[from..from + len]` into L2 (nothing past the end of `x`): see `x86::prefetch`.
     #[inline]
     fn prefetch<T>(x: &[T], from: usize, len: usize) {
         let end = (from + len).min(x.len());
         let mut i = from;
         while i < end {
             // SAFETY: a prefetch of an address inside `x` (i < x.len()) reads nothing.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(x.as_ptr().add(i).cast()) };
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(x.as_ptr().add(i).cast()) };
             i += 64 / size_of::<T>();
         }
     }

@@ -209,6 +209,11 @@ fn quantize_group(v: &[f32]) -> ([i8; GROUP], f32) {
 pub struct Int4Input {
     pub q: Vec<i8>,
     pub group_sums: Vec<i32>,
+    /// `q` by pairs of groups, for the AVX-512 kernel: groups 2p and 2p + 1 as [2p's first 32,
+    /// 2p + 1's first 32, 2p's last 32, 2p + 1's last 32], so that the low nibbles of the two
+    /// groups' 64 bytes meet their activations in one load, and the high nibbles in the next.
+    /// Zeros up to whole lanes of groups.
+    pub pairs: Vec<i8>,
 }
 
 impl Int4Input {
@@ -219,9 +224,17 @@ impl Int4Input {
         for (s, c) in group_sums.iter_mut().zip(padded_q.chunks_exact(GROUP)) {
             *s = c.iter().map(|&v| i32::from(v)).sum();
         }
+        let mut pairs = vec![0i8; padded(groups) * GROUP];
+        let half = GROUP / 2;
+        for (g, c) in padded_q.chunks_exact(GROUP).enumerate() {
+            let at = (g / 2) * 2 * GROUP + (g % 2) * half;
+            pairs[at..at + half].copy_from_slice(&c[..half]);
+            pairs[at + GROUP..at + GROUP + half].copy_from_slice(&c[half..]);
+        }
         Self {
             q: padded_q,
             group_sums,
+            pairs,
         }
     }
 }
@@ -276,6 +289,24 @@ fn dot(kernel: Kernel, m: &Int4Matrix, r: usize, x: &Int4Input) -> f32 {
     dot_portable(m, r, x)
 }
 
+/// `out[k] = (W[r0 + k] · x) · inv`, the same values as `dot` row by row.
+fn dot_rows(kernel: Kernel, m: &Int4Matrix, x: &Int4Input, r0: usize, inv: f32, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if kernel == Kernel::Avx512Vnni {
+        let (rb, gp) = (m.row_bytes(), padded(m.groups));
+        let rows = r0..r0 + out.len();
+        let nibbles = &m.nibbles[rows.start * rb..rows.end * rb];
+        let scales = &m.scales[rows.start * gp..rows.end * gp];
+        // SAFETY: the selected kernel runs on this CPU (Kernel::select); `nibbles` and `scales`
+        // hold exactly `out.len()` rows, the input whole lanes of groups.
+        unsafe { x86::rows_vnni(nibbles, scales, m.groups, x, inv, out) };
+        return;
+    }
+    for (k, o) in out.iter_mut().enumerate() {
+        *o = dot(kernel, m, r0 + k, x) * inv;
+    }
+}
+
 /// `out[t][r] = W[r] · x[t]` through 4-bit weights and int8 activations quantised per token.
 pub fn gemm(kernel: Kernel, m: &Int4Matrix, x: &[f32], n_tok: usize, out: &mut [f32]) {
     assert_eq!(x.len(), n_tok * m.cols, "int4 gemm: input size");
@@ -286,9 +317,7 @@ pub fn gemm(kernel: Kernel, m: &Int4Matrix, x: &[f32], n_tok: usize, out: &mut [
         let input = Int4Input::new(&q, m.groups);
         let per_task = super::pool::per_task(m.rows, 256, 4096);
         super::pool::chunks_mut(ot, per_task, |i, o| {
-            for (k, o) in o.iter_mut().enumerate() {
-                *o = dot(kernel, m, i * per_task + k, &input) * inv;
-            }
+            dot_rows(kernel, m, &input, i * per_task, inv, o)
         });
     }
 }
@@ -299,67 +328,124 @@ mod x86 {
 
     use half::f16;
 
-    use super::{GROUP, Int4Input, LANES, sum_lanes};
+    use super::{GROUP, Int4Input, LANES, padded, sum_lanes};
+    use crate::kernels::x86::{PREFETCH, prefetch};
 
-    /// Sixteen vectors of i32 partial sums → one vector whose lane g is the total of vector g.
+    /// Eight vectors holding two groups each (lanes 0-7 and 8-15) → one vector of the sixteen
+    /// groups' totals, group i in lane i: the first two steps of a 16-way transposing sum, the
+    /// 128-bit blocks of each group added, then the lanes put back in group order.
+    #[inline]
     #[target_feature(enable = "avx512f")]
-    fn reduce16(t: [__m512i; 16]) -> __m512i {
-        let u: [__m512i; 8] = std::array::from_fn(|i| {
+    fn reduce_pairs(t: &[__m512i; 8]) -> __m512i {
+        let u: [__m512i; 4] = std::array::from_fn(|i| {
             let (a, b) = (t[2 * i], t[2 * i + 1]);
             _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b))
         });
-        let v: [__m512i; 4] = std::array::from_fn(|i| {
+        let v: [__m512i; 2] = std::array::from_fn(|i| {
             let (a, b) = (u[2 * i], u[2 * i + 1]);
             _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b))
         });
-        let pair = |a: __m512i, b: __m512i| {
-            _mm512_add_epi32(
-                _mm512_shuffle_i32x4::<0b10_00_10_00>(a, b),
-                _mm512_shuffle_i32x4::<0b11_01_11_01>(a, b),
-            )
-        };
-        pair(pair(v[0], v[1]), pair(v[2], v[3]))
+        // Blocks: groups 0 2 4 6 | 1 3 5 7 | 8 10 12 14 | 9 11 13 15.
+        let s = _mm512_add_epi32(
+            _mm512_shuffle_i32x4::<0b10_00_10_00>(v[0], v[1]),
+            _mm512_shuffle_i32x4::<0b11_01_11_01>(v[0], v[1]),
+        );
+        let order = _mm512_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15);
+        _mm512_permutexvar_epi32(order, s)
     }
 
+    /// One row · the token, in the fixed order of `dot_portable`. Two groups share each 64-byte
+    /// load: their low nibbles meet `x.pairs`' first 64 activations, their high nibbles the
+    /// next 64 (two `vpdpbusd`), so each 16-group chunk takes eight loads and products where
+    /// one group per 256-bit load took sixteen, and half the sums across lanes.
+    ///
     /// # Safety
-    /// AVX-512 F/BW/VNNI are present; `row` holds `groups` groups of 32 bytes, `scales` and
-    /// `x.group_sums` whole multiples of 16 entries covering them, `x.q` `groups * 64` values.
+    /// AVX-512 F/BW/VNNI are present; `row` holds `groups` groups of 32 bytes, `scales` whole
+    /// multiples of 16 entries covering them, `x` is an input of `groups` groups.
+    #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub unsafe fn dot_vnni(row: &[u8], scales: &[f16], groups: usize, x: &Int4Input) -> f32 {
-        let low = _mm256_set1_epi8(15);
+    unsafe fn row_vnni(row: *const u8, scales: *const f16, groups: usize, x: &Int4Input) -> f32 {
+        let low = _mm512_set1_epi8(15);
         let mut lanes = _mm512_setzero_ps();
         for c in (0..groups).step_by(LANES) {
-            let t: [__m512i; 16] = std::array::from_fn(|i| {
-                let g = c + i;
+            let mut t = [_mm512_setzero_si512(); 8];
+            for (p, v) in t.iter_mut().enumerate() {
+                let g = c + 2 * p;
                 if g >= groups {
-                    return _mm512_setzero_si512();
+                    break;
                 }
-                // SAFETY: group g is within the row and the activations (caller's contract).
-                let (b, q) = unsafe {
+                let at = row.wrapping_add(g * GROUP / 2);
+                prefetch(at.wrapping_add(PREFETCH));
+                // SAFETY: group g (and g + 1 when it exists: the mask leaves it out otherwise)
+                // lies within the row; `x.pairs` holds whole lanes of groups (caller's contract).
+                let (b, lo_q, hi_q) = unsafe {
                     (
-                        _mm256_loadu_si256(row.as_ptr().add(g * GROUP / 2).cast()),
-                        _mm512_loadu_si512(x.q.as_ptr().add(g * GROUP).cast()),
+                        if g + 1 < groups {
+                            _mm512_loadu_si512(at.cast())
+                        } else {
+                            _mm512_maskz_loadu_epi8(u64::from(u32::MAX), at.cast())
+                        },
+                        _mm512_loadu_si512(x.pairs.as_ptr().add(g * GROUP).cast()),
+                        _mm512_loadu_si512(x.pairs.as_ptr().add(g * GROUP + GROUP).cast()),
                     )
                 };
-                let lo = _mm256_and_si256(b, low);
-                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(b), low);
-                let u = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
-                _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, q)
-            });
+                let lo = _mm512_and_si512(b, low);
+                let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(b), low);
+                *v = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(*v, lo, lo_q), hi, hi_q);
+            }
             // SAFETY: c + 16 <= the padded length of scales and sums (caller's contract).
             let (d, gs) = unsafe {
                 (
-                    _mm512_cvtph_ps(_mm256_loadu_si256(scales.as_ptr().add(c).cast())),
+                    _mm512_cvtph_ps(_mm256_loadu_si256(scales.add(c).cast())),
                     _mm512_loadu_si512(x.group_sums.as_ptr().add(c).cast()),
                 )
             };
-            let s = _mm512_sub_epi32(reduce16(t), _mm512_slli_epi32::<3>(gs));
+            let s = _mm512_sub_epi32(reduce_pairs(&t), _mm512_slli_epi32::<3>(gs));
             lanes = _mm512_add_ps(lanes, _mm512_mul_ps(d, _mm512_cvtepi32_ps(s)));
         }
         let mut l = [0f32; LANES];
         // SAFETY: `l` holds sixteen floats.
         unsafe { _mm512_storeu_ps(l.as_mut_ptr(), lanes) };
         sum_lanes(&l)
+    }
+
+    /// `out[k] = (row k · x) · inv` over consecutive rows, one call for a task's rows.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/VNNI are present; `nibbles` holds `out.len()` rows of `groups` groups,
+    /// `scales` as many rows of `padded(groups)` scales, `x` is an input of `groups` groups.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn rows_vnni(
+        nibbles: &[u8],
+        scales: &[f16],
+        groups: usize,
+        x: &Int4Input,
+        inv: f32,
+        out: &mut [f32],
+    ) {
+        let (rb, gp) = (groups * GROUP / 2, padded(groups));
+        for (k, o) in out.iter_mut().enumerate() {
+            // SAFETY: row k's bytes and scales are within the slices (caller's contract).
+            let dot = unsafe {
+                row_vnni(
+                    nibbles.as_ptr().add(k * rb),
+                    scales.as_ptr().add(k * gp),
+                    groups,
+                    x,
+                )
+            };
+            *o = dot * inv;
+        }
+    }
+
+    /// `rows_vnni` for one row (the tests' entry).
+    ///
+    /// # Safety
+    /// As `rows_vnni` with one row.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn dot_vnni(row: &[u8], scales: &[f16], groups: usize, x: &Int4Input) -> f32 {
+        // SAFETY: the caller's contract.
+        unsafe { row_vnni(row.as_ptr(), scales.as_ptr(), groups, x) }
     }
 
     /// Eight vectors of i32 partial sums → one vector whose lane g is the total of vector g.
@@ -479,7 +565,9 @@ mod tests {
 
     #[test]
     fn every_kernel_matches_the_portable_order_bit_for_bit() {
-        for (rows, cols) in [(7, 64), (5, 65), (9, 1000), (3, 2560), (4, 1100), (2, 2048)] {
+        let shapes = [(7, 64), (5, 65), (9, 1000), (3, 2560), (4, 1100), (2, 2048)];
+        // Odd group counts past one and two 16-group chunks: the last pair holds one group.
+        for (rows, cols) in shapes.into_iter().chain([(3, 1090), (2, 2112), (5, 1984)]) {
             let data = matrix(rows, cols, cols as u32);
             let m = Int4Matrix::from_dense(DenseView {
                 dtype: DType::F32,
@@ -499,6 +587,21 @@ mod tests {
                             dot(k, &m, r, &x).to_bits(),
                             want.to_bits(),
                             "{} {rows}x{cols} row {r} {fill:?}",
+                            k.name()
+                        );
+                    }
+                }
+                // Several rows per call, starting past row 0.
+                let inv = 0.37f32;
+                for k in Kernel::available() {
+                    let mut got = vec![0f32; rows - 1];
+                    dot_rows(k, &m, &x, 1, inv, &mut got);
+                    for (i, g) in got.iter().enumerate() {
+                        let want = dot_portable(&m, i + 1, &x) * inv;
+                        assert_eq!(
+                            g.to_bits(),
+                            want.to_bits(),
+                            "{} rows {rows}x{cols}",
                             k.name()
                         );
                     }

@@ -151,7 +151,7 @@ mod x86 {
                 )
             };
             // A hint that never faults: the next rows arrive while this one is summed.
-            _mm_prefetch::<_MM_HINT_T0>(a.as_ptr().wrapping_add(i + 8192).cast());
+            _mm_prefetch::<_MM_HINT_T1>(a.as_ptr().wrapping_add(i + 8192).cast());
             let neg = _mm512_movepi8_mask(va);
             let abs_a = _mm512_abs_epi8(va);
             let signed_b = _mm512_mask_sub_epi8(vb, neg, zero, vb);
@@ -180,7 +180,7 @@ mod x86 {
                 )
             };
             // A hint that never faults: the next rows arrive while this one is summed.
-            _mm_prefetch::<_MM_HINT_T0>(a.as_ptr().wrapping_add(i + 8192).cast());
+            _mm_prefetch::<_MM_HINT_T1>(a.as_ptr().wrapping_add(i + 8192).cast());
             let p = _mm256_maddubs_epi16(_mm256_sign_epi8(va, va), _mm256_sign_epi8(vb, va));
             acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, ones));
         }

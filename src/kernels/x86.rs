@@ -10,11 +10,10 @@ use super::packed::{
 };
 
 /// True where AVX-512 runs in 256-bit halves (AMD Zen 4, CPU family 0x19; Zen 3 of the same
-/// family has no AVX-512): there the AVX-512 kernel reads 2-bit weights and decodes through the
-/// AVX2 loop. Measured on a 2-core Zen 4 (docs/BENCHMARKS.md, 2026-12-04): base-3 prefills ~20 %
-/// slower than 2-bit (each `vpermi2b` takes two passes), and from memory the AVX2 one-row loop
-/// streams 1.4-1.6× faster than the AVX-512 VNNI one, for reasons not yet found. On full-width
-/// AVX-512 (Zen 5) base-3 and the VNNI loop were the faster. `BIT_TTT_AVX512_HALF=0|1`
+/// family has no AVX-512): there the AVX-512 kernel reads 2-bit weights. Measured on a 2-core
+/// Zen 4 (docs/BENCHMARKS.md, 2026-12-04): base-3 prefills ~20 % slower than 2-bit (each
+/// `vpermi2b` takes two passes) and decodes no faster (its digit lookups, not memory, bound
+/// it there). On full-width AVX-512 (Zen 5) base-3 was the faster. `BIT_TTT_AVX512_HALF=0|1`
 /// overrides the detection (tests run the kernels both ways on one machine).
 pub fn half_width() -> bool {
     static HALF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -47,8 +46,7 @@ unsafe fn row_avx2<const N: usize>(row: *const u8, q: [*const i8; N], blocks: us
     let mut acc = [_mm256_setzero_si256(); N];
     for b in 0..blocks {
         if N == 1 {
-            // A hint that never faults, wherever it points.
-            _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(b * BLOCK_BYTES + PREFETCH).cast());
+            prefetch(row.wrapping_add(b * BLOCK_BYTES + PREFETCH));
         }
         for h in 0..2 {
             // SAFETY: within the row's `blocks * 64` bytes (caller's contract).
@@ -85,7 +83,17 @@ unsafe fn row_avx2<const N: usize>(row: *const u8, q: [*const i8; N], blocks: us
 
 /// How far ahead of the decode kernel the next weights are requested: the hardware prefetcher
 /// alone leaves decode ~10 % short (8 KiB measured best of 1-16 KiB on Zen 4).
-const PREFETCH: usize = 8192;
+pub(crate) const PREFETCH: usize = 8192;
+
+/// Requests the line at `p` into L2, not L1: a hint that never faults, wherever it points.
+/// Into L1 (`T0`), one thread of a Zen 4 streamed 133 MB of weights through the VNNI decode loop
+/// at 10-11 GB/s; into L2 the same loop streamed 22-27 GB/s, and the slower AVX2 loop gained
+/// nothing either way (2026-12-05, a throwaway bench of the two loops, 1 and 2 threads).
+#[inline]
+#[target_feature(enable = "sse")]
+pub(crate) fn prefetch(p: *const u8) {
+    _mm_prefetch::<_MM_HINT_T1>(p.cast());
+}
 
 /// Σ code·q over R rows for N tokens with AVX-512 VNNI. The four 64-column slices of a block
 /// are taken one at a time, so that each activation load feeds all R rows and each weight load
@@ -138,59 +146,91 @@ unsafe fn rows_vnni<const R: usize, const N: usize>(
     out
 }
 
-/// Σ code·q over R rows for one token (decode) with AVX-512 VNNI. Rows stream from memory with
-/// a software prefetch ahead of them. Field k of each byte is masked in place (`w & 3 << 2k`,
-/// the code times 4^k), not shifted down first: `vpdpbusd` takes it as an unsigned byte up to
-/// 192, each field k sums into its own accumulator, and the accumulators are divided by 4^k
-/// (exactly: every term is a multiple of it) at the end. Three shifts fewer per 64 bytes, of
-/// eleven vector instructions: Zen 4 runs 512-bit instructions as two 256-bit halves, and one
-/// thread's decode there is bound by them, not by memory. Four accumulators per row also keep
-/// successive `vpdpbusd` from waiting on each other. The sums cannot overflow: a lane adds
-/// at most 4 · 192 · 128 per 256 columns (2^31 is 21 million columns).
+/// Σ code·q of one row for one token (decode) with AVX-512 VNNI, as one vector whose lanes
+/// add up to it. Field k of each byte is masked in place (`w & 3 << 2k`, the code times 4^k),
+/// not shifted down first: `vpdpbusd` takes it as an unsigned byte up to 192, each field k sums
+/// into its own accumulator, and the accumulators are divided by 4^k (exactly: every term is a
+/// multiple of it) at the end. Three shifts fewer per 64 bytes, of eleven vector instructions:
+/// Zen 4 runs 512-bit instructions as two 256-bit halves. Four accumulators also keep
+/// successive `vpdpbusd` from waiting on each other. The sums cannot overflow: a lane adds at
+/// most 4 · 192 · 128 per 256 columns (2^31 is 21 million columns).
 ///
 /// # Safety
-/// The CPU supports AVX-512 F/BW and VNNI; each `rows[r]` points to `blocks * 64` bytes and `q`
-/// to `blocks * 256` int8 values.
+/// `row` points to `blocks * 64` bytes and `q` to `blocks * 256` int8 values.
+#[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn rows_vnni_decode<const R: usize>(
-    rows: [*const u8; R],
-    q: *const i8,
-    blocks: usize,
-) -> [i32; R] {
+unsafe fn row_vnni_decode(row: *const u8, q: *const i8, blocks: usize) -> __m512i {
     let masks = [
         _mm512_set1_epi8(0x03),
         _mm512_set1_epi8(0x0c),
         _mm512_set1_epi8(0x30),
         _mm512_set1_epi8(0xc0u8 as i8),
     ];
-    let mut acc = [[_mm512_setzero_si512(); 4]; R];
+    let mut acc = [_mm512_setzero_si512(); 4];
     for b in 0..blocks {
-        for r in rows {
-            // A hint that never faults, wherever it points.
-            _mm_prefetch::<_MM_HINT_T0>(r.wrapping_add(b * BLOCK_BYTES + PREFETCH).cast());
-        }
-        let mut wv = [_mm512_setzero_si512(); R];
-        for (w, r) in wv.iter_mut().zip(rows) {
-            // SAFETY: within each row's `blocks * 64` bytes (caller's contract).
-            *w = unsafe { _mm512_loadu_si512(r.add(b * BLOCK_BYTES).cast()) };
-        }
-        for k in 0..4 {
+        prefetch(row.wrapping_add(b * BLOCK_BYTES + PREFETCH));
+        // SAFETY: within the row's `blocks * 64` bytes (caller's contract).
+        let w = unsafe { _mm512_loadu_si512(row.add(b * BLOCK_BYTES).cast()) };
+        for (k, a) in acc.iter_mut().enumerate() {
             // SAFETY: columns 64·k .. +64 of block b, within the token's values.
             let qv = unsafe { _mm512_loadu_si512(q.add(b * BLOCK + 64 * k).cast()) };
-            for (ar, w) in acc.iter_mut().zip(wv) {
-                ar[k] = _mm512_dpbusd_epi32(ar[k], _mm512_and_si512(w, masks[k]), qv);
-            }
+            *a = _mm512_dpbusd_epi32(*a, _mm512_and_si512(w, masks[k]), qv);
         }
     }
-    let mut out = [0i32; R];
-    for (o, a) in out.iter_mut().zip(acc) {
-        let sum = _mm512_add_epi32(
-            _mm512_add_epi32(a[0], _mm512_srai_epi32::<2>(a[1])),
-            _mm512_add_epi32(_mm512_srai_epi32::<4>(a[2]), _mm512_srai_epi32::<6>(a[3])),
-        );
-        *o = _mm512_reduce_add_epi32(sum);
+    _mm512_add_epi32(
+        _mm512_add_epi32(acc[0], _mm512_srai_epi32::<2>(acc[1])),
+        _mm512_add_epi32(
+            _mm512_srai_epi32::<4>(acc[2]),
+            _mm512_srai_epi32::<6>(acc[3]),
+        ),
+    )
+}
+
+/// Sixteen vectors of i32 partial sums → one vector whose lane i is the total of vector i.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(crate) fn reduce16(t: &[__m512i; 16]) -> __m512i {
+    let u: [__m512i; 8] = std::array::from_fn(|i| {
+        let (a, b) = (t[2 * i], t[2 * i + 1]);
+        _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b))
+    });
+    let v: [__m512i; 4] = std::array::from_fn(|i| {
+        let (a, b) = (u[2 * i], u[2 * i + 1]);
+        _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b))
+    });
+    let pair = |a: __m512i, b: __m512i| {
+        _mm512_add_epi32(
+            _mm512_shuffle_i32x4::<0b10_00_10_00>(a, b),
+            _mm512_shuffle_i32x4::<0b11_01_11_01>(a, b),
+        )
+    };
+    pair(pair(v[0], v[1]), pair(v[2], v[3]))
+}
+
+/// Decode (one token) over consecutive rows with AVX-512 VNNI: `out[i] = Σ code·q − sum` for
+/// row i from `first`. Rows stream one after another from memory with a software prefetch
+/// into L2 ahead of them, and sixteen rows' vectors are summed across lanes together
+/// (`reduce16`): one row per call, the call and each row's own sum across lanes took a tenth
+/// of the decode product's time on a Zen 4.
+///
+/// # Safety
+/// `first` points to `out.len()` rows of `blocks * 64` bytes each, `q` to `blocks * 256` int8
+/// values.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn decode_vnni(first: *const u8, blocks: usize, q: *const i8, sum: i32, out: &mut [i32]) {
+    let row_bytes = blocks * BLOCK_BYTES;
+    let sums = _mm512_set1_epi32(sum);
+    for (g, o) in out.chunks_mut(16).enumerate() {
+        let mut t = [_mm512_setzero_si512(); 16];
+        for (i, v) in t.iter_mut().take(o.len()).enumerate() {
+            // SAFETY: row 16·g + i < out.len() is within the rows (caller's contract).
+            *v = unsafe { row_vnni_decode(first.add((16 * g + i) * row_bytes), q, blocks) };
+        }
+        let s = _mm512_sub_epi32(reduce16(&t), sums);
+        let lanes = (1u32 << o.len()).wrapping_sub(1) as u16;
+        // SAFETY: the mask writes the first o.len() ≤ 16 lanes, all inside `o`.
+        unsafe { _mm512_mask_storeu_epi32(o.as_mut_ptr(), lanes, s) };
     }
-    out
 }
 
 /// AVX2 kernel; same contract as `packed::gemm_portable`.
@@ -214,13 +254,11 @@ pub fn gemm_avx2(w: &PackedTernary, x: &QuantizedRows, r0: usize, acc: &mut [i32
 
 /// AVX-512 VNNI kernel; same contract as `packed::gemm_portable`. A prompt in tiles of four
 /// rows by four tokens: the tokens of a `TOKEN_BLOCK` stay in cache while the rows of this call
-/// stream past them. Decode (one token, bound by memory) takes rows one at a time: one
-/// sequential stream instead of four interleaved ones 640 bytes apart. Measured on 2-core
-/// machines of this project, `cargo bench --bench kernels -- ternary_gemv_133MB` and `bit-ttt
-/// bench`: on two threads (each thread's rows one contiguous share, `pool::share`) one row at
-/// a time ran decode 41-43 → 48-51 tokens/s on a Zen 5; on one thread the four-row tiles were
-/// 8 % faster there but 25 % slower on a Zen 4 (133 MB from memory: 16.0 ms against 12.2-13.3),
-/// so decode streams rows one at a time on every thread count.
+/// stream past them. Decode (one token, bound by memory) takes rows one at a time
+/// (`decode_vnni`): one sequential stream instead of four interleaved ones 640 bytes apart.
+/// On two threads (each thread's rows one contiguous share, `pool::share`) that ran decode
+/// 41-43 → 48-51 tokens/s on a Zen 5; on one thread the four-row tiles were 8 % faster there
+/// but 25 % slower on a Zen 4, so decode streams rows one at a time on every thread count.
 pub fn gemm_avx512_vnni(w: &PackedTernary, x: &QuantizedRows, r0: usize, acc: &mut [i32]) {
     assert!(
         std::arch::is_x86_feature_detected!("avx512vnni")
@@ -231,8 +269,10 @@ pub fn gemm_avx512_vnni(w: &PackedTernary, x: &QuantizedRows, r0: usize, acc: &m
     let (blocks, rb, n_tok) = (w.cols_padded / BLOCK, w.row_bytes(), x.n_tok);
     let n_rows = acc.len() / n_tok;
     let row_ptr = |i: usize| w.data[(r0 + i) * rb..(r0 + i + 1) * rb].as_ptr();
-    if n_tok == 1 && half_width() {
-        return gemm_avx2(w, x, r0, acc);
+    if n_tok == 1 {
+        // SAFETY: AVX-512 F/BW/VNNI are present (checked above); rows r0.. hold `blocks`
+        // whole blocks each, one per output, and the token `blocks` whole blocks.
+        return unsafe { decode_vnni(row_ptr(0), blocks, x.token(0).as_ptr(), x.sums[0], acc) };
     }
     let mut store = |i: usize, t: usize, s: &[i32]| {
         for (k, v) in s.iter().enumerate() {
@@ -267,9 +307,8 @@ pub fn gemm_avx512_vnni(w: &PackedTernary, x: &QuantizedRows, r0: usize, acc: &m
         for r in i..n_rows {
             for tt in t0..t1 {
                 // SAFETY: as above.
-                let s =
-                    unsafe { rows_vnni_decode::<1>([row_ptr(r)], x.token(tt).as_ptr(), blocks) };
-                store(r, tt, &s);
+                let s = unsafe { rows_vnni::<1, 1>([row_ptr(r)], [x.token(tt).as_ptr()], blocks) };
+                store(r, tt, &s[0]);
             }
         }
     }
@@ -385,8 +424,7 @@ unsafe fn rows_base3_decode<const R: usize, const A: usize>(
     let mut acc = [[_mm512_setzero_si512(); A]; R];
     for b in 0..blocks {
         for r in rows {
-            // A hint that never faults, wherever it points.
-            _mm_prefetch::<_MM_HINT_T0>(r.wrapping_add(b * BLOCK_BYTES + PREFETCH).cast());
+            prefetch(r.wrapping_add(b * BLOCK_BYTES + PREFETCH));
         }
         let mut abs = [_mm512_setzero_si512(); R];
         let mut neg = [0u64; R];

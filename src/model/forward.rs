@@ -535,12 +535,14 @@ impl Transformer {
         out
     }
 
-    /// `attention` of one new token (decode) over `visible` positions, in two parallel steps
-    /// so that each KV head's keys and values are read by one task: with a task per pair of
-    /// query heads, as for a prompt, two threads fetched the same rows from memory (attention
-    /// 3.6 → 3.0 ms per 2T decode step with whole KV heads). First the scores and softmax per KV
-    /// head, then the weighted sums per KV head and slice of columns, in as many slices as give
-    /// every thread the same number of tasks. Each value is computed as in `attention`.
+    /// `attention` of one new token (decode) over `visible` positions, in parallel steps that
+    /// give every thread the same share and let one task read each key and value row: with a
+    /// task per pair of query heads, as for a prompt, two threads fetched the same rows from
+    /// memory (attention 3.6 → 3.0 ms per 2T decode step with whole KV heads). First the
+    /// scores per KV head and span of positions (2B4T's five KV heads on two threads: one
+    /// task per head left one thread idle a third of the step), then the softmax per query
+    /// head, then the weighted sums per KV head and slice of columns. Each value is computed
+    /// as in `attention`.
     fn attention_one<T: attention::Element>(
         &self,
         q: &[f32],
@@ -552,14 +554,34 @@ impl Transformer {
         let (d, heads, kv_heads) = (cfg.head_dim, cfg.num_heads, cfg.num_kv_heads);
         let group = heads / kv_heads;
         let scale = 1.0 / (d as f32).sqrt();
-        let mut probs = vec![0.0f32; heads * visible];
-        pool::chunks_mut(&mut probs, group * visible, |kv, p| {
-            let qg = &q[kv * group * d..][..group * d];
-            attention::scores(self.kernel, qg, d, &k[kv], scale, p);
-            p.chunks_exact_mut(visible)
-                .for_each(|row| attention::softmax(self.kernel, row));
-        });
         let threads = pool::current_num_threads();
+        let spans = if kv_heads.is_multiple_of(threads) {
+            1
+        } else {
+            threads
+        };
+        let span = visible.div_ceil(spans);
+        let tasks: Vec<(usize, usize)> = (0..kv_heads)
+            .flat_map(|kv| (0..spans).map(move |s| (kv, s * span)))
+            .filter(|&(_, a)| a < visible)
+            .collect();
+        let pieces = pool::map(tasks.clone(), |(kv, a)| {
+            let b = (a + span).min(visible);
+            let mut p = vec![0.0f32; group * (b - a)];
+            let qg = &q[kv * group * d..][..group * d];
+            attention::scores(self.kernel, qg, d, &k[kv][a * d..b * d], scale, &mut p);
+            p
+        });
+        let mut probs = vec![0.0f32; heads * visible];
+        for ((kv, a), p) in tasks.into_iter().zip(pieces) {
+            let n = p.len() / group;
+            for (g, row) in p.chunks_exact(n).enumerate() {
+                probs[(kv * group + g) * visible + a..][..n].copy_from_slice(row);
+            }
+        }
+        pool::chunks_mut(&mut probs, visible, |_, row| {
+            attention::softmax(self.kernel, row)
+        });
         let mut slices = 1;
         while !(kv_heads * slices).is_multiple_of(threads) && (d / slices).is_multiple_of(64) {
             slices *= 2;

@@ -202,6 +202,29 @@ impl Kernel {
     }
 }
 
+/// True where the plain loops outside the kernels (activation quantisation, RMSNorm) run
+/// compiled for AVX-512 (`x86::quantize_activations`, `x86::rms_norm`): the library's x86-64
+/// baseline compiles them for SSE2's four lanes. The operations are the same, so are the
+/// results, bit for bit.
+#[inline]
+pub fn vectorised() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vl");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// `quant::quantize_activations`, compiled for AVX-512 where `vectorised`.
+pub fn quantize_activations(x: &[f32], q: &mut [i8]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if vectorised() {
+        // SAFETY: `vectorised` checked AVX-512 F/BW/VL.
+        return unsafe { x86::quantize_activations(x, q) };
+    }
+    crate::quant::quantize_activations_inline(x, q)
+}
+
 /// SIMD features of this CPU that matter to the kernels.
 pub fn cpu_features() -> Vec<&'static str> {
     let mut f = Vec::new();

@@ -34,6 +34,24 @@ pub fn half_width() -> bool {
     })
 }
 
+/// `quant::quantize_activations` compiled for AVX-512 (see `super::vectorised`).
+///
+/// # Safety
+/// The CPU supports AVX-512 F/BW/VL.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub unsafe fn quantize_activations(x: &[f32], q: &mut [i8]) -> f32 {
+    crate::quant::quantize_activations_inline(x, q)
+}
+
+/// `scalar::rms_norm` compiled for AVX-512 (see `super::vectorised`).
+///
+/// # Safety
+/// The CPU supports AVX-512 F/BW/VL.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub unsafe fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    super::scalar::rms_norm_inline(x, w, eps, out)
+}
+
 /// Σ code·q over one row for N tokens with AVX2.
 ///
 /// # Safety

@@ -35,8 +35,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 step "tests"
 cargo test --workspace
-# The AVX-512 kernel reads 2-bit weights and decodes through the AVX2 loop where AVX-512 is half
-# width (Zen 4), base-3 and its own loop elsewhere: both ways on this machine, whichever it is.
+# The AVX-512 kernel reads 2-bit weights where AVX-512 is half width (Zen 4), base-3 elsewhere:
+# both ways on this machine, whichever it is.
 for half in 0 1; do
   BIT_TTT_AVX512_HALF=$half cargo test --test kernels --test parity --test prepacked
 done

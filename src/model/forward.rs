@@ -516,10 +516,14 @@ impl Transformer {
         let group = heads / cfg.num_kv_heads;
         let scale = 1.0 / (d as f32).sqrt();
         let mut out = vec![0.0f32; n * cfg.q_dim()];
-        // One task per token and pair of heads of one group: each key and value row is loaded
-        // once for both, and a decode step still has enough tasks to balance the threads. The
-        // tasks are independent, so the split does not change the result.
-        let pair = if group.is_multiple_of(2) { 2 } else { 1 };
+        // One task per token and up to four heads of one group (2B4T: the whole group): each
+        // key and value row is loaded and converted from f16 once for them (the attention
+        // kernels take four heads per step). The tasks are independent, so the split does not
+        // change the result.
+        let pair = [4, 2, 1]
+            .into_iter()
+            .find(|&p| group.is_multiple_of(p))
+            .unwrap_or(1);
         pool::chunks_mut(&mut out, pair * d, |i, oh| {
             let mut scores = Vec::new();
             let (t, h) = (i / (heads / pair), (i % (heads / pair)) * pair);

@@ -708,7 +708,8 @@ bit_ttt_status bit_ttt_generate_async(const struct bit_ttt_session *session,
 /**
  * Takes the text produced since the last poll into `buf` (see the buffer rule; the text stays
  * queued on BUFFER_TOO_SMALL) and sets `*out_done` to 1 once the job has finished and all of
- * its text has been taken, else 0. Never blocks.
+ * its text has been taken, else 0. Never blocks. The job keeps producing between calls, so the
+ * size asked for on BUFFER_TOO_SMALL can have grown by the next call: retry until OK.
  */
 bit_ttt_status bit_ttt_job_poll(const struct bit_ttt_job *job,
                                 char *buf,

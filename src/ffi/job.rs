@@ -172,7 +172,8 @@ pub extern "C" fn bit_ttt_generate_async(
 
 /// Takes the text produced since the last poll into `buf` (see the buffer rule; the text stays
 /// queued on BUFFER_TOO_SMALL) and sets `*out_done` to 1 once the job has finished and all of
-/// its text has been taken, else 0. Never blocks.
+/// its text has been taken, else 0. Never blocks. The job keeps producing between calls, so the
+/// size asked for on BUFFER_TOO_SMALL can have grown by the next call: retry until OK.
 #[unsafe(no_mangle)]
 pub extern "C" fn bit_ttt_job_poll(
     job: *const bit_ttt_job,

@@ -765,9 +765,17 @@ static void test_async(const bit_ttt_model *m) {
     while (!done) {
         size_t len = 0;
         bit_ttt_status st = bit_ttt_job_poll(job, small, sizeof small, &len, &done);
-        if (st == BIT_TTT_BUFFER_TOO_SMALL) { /* take it with a buffer of the size asked for */
-            char *buf = malloc(len + 1);
-            OK(bit_ttt_job_poll(job, buf, len + 1, &len, &done));
+        if (st == BIT_TTT_BUFFER_TOO_SMALL) {
+            /* Take it with a buffer of the size asked for. The job keeps producing between the
+               two calls, so the size can grow again: retry until one call takes all of it. */
+            char *buf = NULL;
+            do {
+                char *grown = realloc(buf, len + 1);
+                CHECK(grown != NULL);
+                buf = grown;
+                st = bit_ttt_job_poll(job, buf, len + 1, &len, &done);
+            } while (st == BIT_TTT_BUFFER_TOO_SMALL);
+            OK(st);
             memcpy(text + total, buf, len + 1);
             free(buf);
         } else {

@@ -4,6 +4,8 @@
 //! bit for bit. The kernel is chosen once per model at load, by CPU detection, the model
 //! params, or the BIT_TTT_KERNEL environment variable. `neon` holds the aarch64 kernels.
 
+#[cfg(target_arch = "x86_64")]
+pub mod amx;
 pub mod attention;
 pub mod dense;
 pub mod int4;
@@ -198,7 +200,24 @@ impl Kernel {
                     .map(|(i, chunk)| (*w, i * per_task, chunk)),
             );
         }
+        #[cfg(target_arch = "x86_64")]
+        if self.uses_amx(x.n_tok) {
+            let tokens = amx::Tokens::new(x);
+            return pool::for_each(tasks, |(w, r0, chunk)| amx::gemm(w, x, &tokens, r0, chunk));
+        }
         pool::for_each(tasks, |(w, r0, chunk)| self.run(w, x, r0, chunk));
+    }
+
+    /// True where a product of `n_tok` tokens runs on AMX tiles: the AVX-512 kernel's prompts
+    /// (16 tokens or more, a whole tile) on a CPU and OS that allow it (`amx::enabled`).
+    pub fn uses_amx(self, n_tok: usize) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return self == Kernel::Avx512Vnni && n_tok >= 16 && amx::enabled();
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = n_tok;
+            false
+        }
     }
 }
 

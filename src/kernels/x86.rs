@@ -351,14 +351,14 @@ static CODES3: [[u8; 128]; 5] = {
 
 /// `CODES3` in registers: entries 0..64 of each digit in `lo`, 64..128 in `hi`. Loaded once
 /// per call of the kernel, not per row (a row of 2560 columns is only eight blocks).
-struct Tables3 {
-    lo: [__m512i; 5],
-    hi: [__m512i; 5],
+pub(crate) struct Tables3 {
+    pub(crate) lo: [__m512i; 5],
+    pub(crate) hi: [__m512i; 5],
 }
 
 impl Tables3 {
     #[target_feature(enable = "avx512f")]
-    fn load() -> Self {
+    pub(crate) fn load() -> Self {
         let (mut lo, mut hi) = ([_mm512_setzero_si512(); 5], [_mm512_setzero_si512(); 5]);
         for k in 0..5 {
             // SAFETY: each table row holds 128 bytes.
@@ -375,7 +375,7 @@ impl Tables3 {
 /// seven low bits), mirrored (2 − code) where the byte is negative.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
-fn codes3(abs: __m512i, neg: __mmask64, lo: __m512i, hi: __m512i) -> __m512i {
+pub(crate) fn codes3(abs: __m512i, neg: __mmask64, lo: __m512i, hi: __m512i) -> __m512i {
     let c = _mm512_permutex2var_epi8(lo, abs, hi);
     _mm512_mask_sub_epi8(c, neg, _mm512_set1_epi8(2), c)
 }

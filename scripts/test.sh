@@ -40,6 +40,14 @@ cargo test --workspace
 for half in 0 1; do
   BIT_TTT_AVX512_HALF=$half cargo test --test kernels --test parity --test prepacked
 done
+# Prompts run on AMX tiles where the CPU has them (Intel Sapphire Rapids and later); the
+# AVX-512 tiles they replace are tested with AMX turned off.
+if grep -qw amx_int8 /proc/cpuinfo 2>/dev/null; then
+  echo "AMX-INT8 present: kernels::amx tests run; now the same tests with BIT_TTT_AMX=0"
+  BIT_TTT_AMX=0 cargo test --test kernels --test parity --test prepacked
+else
+  echo "no AMX-INT8 on this CPU: kernels::amx::tests::amx_equals_the_portable_kernel checks nothing here"
+fi
 
 step "CUDA feature: kernels compiled by nvcc (PyPI wheels, CUDA 13.0) and by NVRTC's path; no GPU here, so CUDA must say why it is off and the CPU path run"
 python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip

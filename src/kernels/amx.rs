@@ -127,8 +127,10 @@ pub fn gemm(w: &PackedTernary, x: &QuantizedRows, tokens: &Tokens, r0: usize, ac
     let rows_pad = n_rows.next_multiple_of(2 * TILE);
     CODES.with(|cell| {
         let mut codes = cell.borrow_mut();
-        codes.clear();
+        // Every byte of rows ..n_rows is written below; only the padding rows are zeroed
+        // (zeroing the whole buffer per task took 7 % of a prompt).
         codes.resize(rows_pad * k, 0);
+        codes[n_rows * k..rows_pad * k].fill(0);
         for i in 0..n_rows {
             let row = &w.data[(r0 + i) * w.row_bytes()..][..w.row_bytes()];
             let out = &mut codes[i * k..][..k];

@@ -1,6 +1,7 @@
 //! CPU compute. `scalar` holds the reference implementation (the oracle) over the Hugging Face
 //! layout; `packed` the layout the fast kernels read and the portable kernel over it; `x86`
-//! the AVX2 and AVX-512 VNNI kernels. Every kernel must produce the oracle's int32 accumulators
+//! the AVX2 and AVX-512 VNNI kernels, and `amx` the AMX tiles that take the AVX-512 kernel's
+//! prompts on Intel CPUs that have them. Every kernel must produce the oracle's int32 accumulators
 //! bit for bit. The kernel is chosen once per model at load, by CPU detection, the model
 //! params, or the BIT_TTT_KERNEL environment variable. `neon` holds the aarch64 kernels.
 
@@ -282,7 +283,7 @@ pub fn system_info() -> String {
         |k| format!("{} (weights {})", k.name(), k.packing().name()),
     );
     format!(
-        "bit_ttt {}\narch: {}\ncpu features: {}\nternary kernels: {}\nternary kernel: {}\nthreads available: {}\ncuda: {}\n",
+        "bit_ttt {}\narch: {}\ncpu features: {}\nternary kernels: {}\nternary kernel: {}\nprompt products on AMX tiles: {}\nthreads available: {}\ncuda: {}\n",
         env!("CARGO_PKG_VERSION"),
         std::env::consts::ARCH,
         cpu_features().join(" "),
@@ -292,9 +293,18 @@ pub fn system_info() -> String {
             .collect::<Vec<_>>()
             .join(" "),
         default,
+        amx_line(),
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         cuda_line(),
     )
+}
+
+fn amx_line() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    if amx::enabled() {
+        return "yes (with the avx512vnni kernel; BIT_TTT_AMX=0 turns them off)";
+    }
+    "no"
 }
 
 #[cfg(feature = "cuda")]

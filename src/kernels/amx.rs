@@ -125,6 +125,8 @@ pub fn gemm(w: &PackedTernary, x: &QuantizedRows, tokens: &Tokens, r0: usize, ac
     assert!(r0 + n_rows <= w.rows);
     let k = w.cols_padded;
     let rows_pad = n_rows.next_multiple_of(2 * TILE);
+    // SAFETY: `enabled` checked AVX-512 (F is implied by BW).
+    let tables = (w.packing == Packing::Base3).then(|| unsafe { Tables3::load() });
     CODES.with(|cell| {
         let mut codes = cell.borrow_mut();
         // Every byte of rows ..n_rows is written below; only the padding rows are zeroed
@@ -137,9 +139,9 @@ pub fn gemm(w: &PackedTernary, x: &QuantizedRows, tokens: &Tokens, r0: usize, ac
             // SAFETY: `enabled` checked AVX-512 BW and VBMI; `row` holds whole blocks whose
             // codes fill `out` exactly.
             unsafe {
-                match w.packing {
-                    Packing::Bits2 => unpack_bits2(row, out),
-                    Packing::Base3 => unpack_base3(row, out),
+                match &tables {
+                    None => unpack_bits2(row, out),
+                    Some(t) => unpack_base3(t, row, out),
                 }
             }
         }
@@ -177,8 +179,7 @@ unsafe fn unpack_bits2(row: &[u8], out: &mut [u8]) {
 
 /// Base-3 codes of one row: digit k of block byte j is column 64·k + j.
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
-unsafe fn unpack_base3(row: &[u8], out: &mut [u8]) {
-    let tables = Tables3::load();
+unsafe fn unpack_base3(tables: &Tables3, row: &[u8], out: &mut [u8]) {
     for (b, block) in row.chunks_exact(BLOCK_BYTES).enumerate() {
         // SAFETY: a whole 64-byte block; out holds BLOCK3 codes per block.
         unsafe {
@@ -270,9 +271,8 @@ unsafe fn products(
                     options(nostack)
                 )
             };
-            let t0 = tb * TILE;
+            let (t0, t_end) = (tb * TILE, n_tok.min((tb + 2) * TILE));
             for (r, row) in sums.iter().enumerate().take(n_rows.saturating_sub(rp)) {
-                let t_end = n_tok.min(t0 + 2 * TILE);
                 for t in t0..t_end {
                     acc[(rp + r) * n_tok + t] = row[t - t0] - x.sums[t];
                 }

@@ -211,7 +211,7 @@ impl Kernel {
 
     /// True where a product of `n_tok` tokens runs on AMX tiles: the AVX-512 kernel's prompts
     /// (16 tokens or more, a whole tile) on a CPU and OS that allow it (`amx::enabled`).
-    fn uses_amx(self, n_tok: usize) -> bool {
+    pub fn uses_amx(self, n_tok: usize) -> bool {
         #[cfg(target_arch = "x86_64")]
         return self == Kernel::Avx512Vnni && n_tok >= 16 && amx::enabled();
         #[cfg(not(target_arch = "x86_64"))]

@@ -10,14 +10,14 @@
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use half::f16;
 
-use bit_ttt::kernels::Kernel;
-use bit_ttt::kernels::attention;
-use bit_ttt::kernels::dense::DenseView;
-use bit_ttt::kernels::int4::{self, Int4Matrix};
-use bit_ttt::kernels::int8::{self, Int8Matrix};
-use bit_ttt::kernels::packed::{PackedTernary, Packing, QuantizedRows};
-use bit_ttt::kernels::pool::Pool;
-use bit_ttt::loader::safetensors::DType;
+use bit_ttt::__internal::kernels::Kernel;
+use bit_ttt::__internal::kernels::attention;
+use bit_ttt::__internal::kernels::dense::DenseView;
+use bit_ttt::__internal::kernels::int4::{self, Int4Matrix};
+use bit_ttt::__internal::kernels::int8::{self, Int8Matrix};
+use bit_ttt::__internal::kernels::packed::{PackedTernary, Packing, QuantizedRows};
+use bit_ttt::__internal::kernels::pool::Pool;
+use bit_ttt::__internal::storage::DType;
 
 fn noise(n: usize, seed: u64) -> impl Iterator<Item = u64> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -55,7 +55,7 @@ fn ternary_decode(c: &mut Criterion) {
         ("ffn_down_2560x6912", 2560, 6912),
     ] {
         let t: Vec<i8> = noise(rows * cols, 1).map(|x| (x % 3) as i8 - 1).collect();
-        let hf = bit_ttt::quant::pack_ternary(&t, rows, cols);
+        let hf = bit_ttt::__internal::quant::pack_ternary(&t, rows, cols);
         let x = QuantizedRows::new(&floats(cols, 2), 1);
         let mut acc = vec![0i32; rows];
         g.throughput(Throughput::Elements((rows * cols) as u64));
@@ -74,7 +74,7 @@ fn ternary_decode(c: &mut Criterion) {
 fn ternary_decode_from_memory(c: &mut Criterion) {
     let (rows, cols) = (30 * 6912, 2560);
     let t: Vec<i8> = noise(rows * cols, 8).map(|x| (x % 3) as i8 - 1).collect();
-    let hf = bit_ttt::quant::pack_ternary(&t, rows, cols);
+    let hf = bit_ttt::__internal::quant::pack_ternary(&t, rows, cols);
     drop(t);
     let x = QuantizedRows::new(&floats(cols, 9), 1);
     let mut acc = vec![0i32; rows];
@@ -122,7 +122,7 @@ fn ternary_decode_layers(c: &mut Criterion) {
                 let t: Vec<i8> = noise(rows * cols, 20 + l)
                     .map(|x| (x % 3) as i8 - 1)
                     .collect();
-                let hf = bit_ttt::quant::pack_ternary(&t, rows, cols);
+                let hf = bit_ttt::__internal::quant::pack_ternary(&t, rows, cols);
                 PackedTernary::from_hf_as(&hf, rows, cols, packing)
             })
             .collect();

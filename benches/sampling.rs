@@ -5,7 +5,7 @@
 //!     cargo bench --bench sampling
 use std::hint::black_box;
 
-use bit_ttt::sampling::{Rng, SamplingParams, sample, sample_candidates};
+use bit_ttt::__internal::sampling::{Rng, SamplingParams, sample, sample_candidates};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 fn logits() -> Vec<f32> {

@@ -10,9 +10,8 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use bit_ttt::{
-    Device, GenerateParams, Model, ModelParams, SamplingParams, Session, SessionParams, cuda,
-};
+use bit_ttt::__internal::cuda;
+use bit_ttt::{Device, GenerateParams, Model, ModelParams, SamplingParams, Session, SessionParams};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -42,7 +41,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t = Instant::now();
     let logits = gm.forward(&mut cache, &tokens, false)?;
     let prefill_s = t.elapsed().as_secs_f64();
-    let mut next = bit_ttt::sampling::argmax(&logits) as u32;
+    let mut next = bit_ttt::__internal::sampling::argmax(&logits) as u32;
     // Greedy decoding with the token picked on the device (what sessions do).
     let mut picked = Vec::with_capacity(gen_tokens);
     let t = Instant::now();
@@ -59,12 +58,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The same decode, downloading the whole row of logits each step.
     let mut cache2 = gm.new_cache(prompt + gen_tokens + 1)?;
     gm.forward(&mut cache2, &tokens, false)?;
-    let mut n2 = bit_ttt::sampling::argmax(&logits) as u32;
+    let mut n2 = bit_ttt::__internal::sampling::argmax(&logits) as u32;
     let mut picked2 = Vec::with_capacity(gen_tokens);
     let t = Instant::now();
     for _ in 0..gen_tokens {
         let l = gm.forward(&mut cache2, &[n2], false)?;
-        n2 = bit_ttt::sampling::argmax(&l) as u32;
+        n2 = bit_ttt::__internal::sampling::argmax(&l) as u32;
         picked2.push(n2);
     }
     let decode_rows_tok_s = gen_tokens as f64 / t.elapsed().as_secs_f64();

@@ -474,8 +474,6 @@ typedef struct bit_ttt_chat_message {
   struct bit_ttt_string content;
 } bit_ttt_chat_message;
 
-
-
 /**
  * Success.
  */
@@ -565,6 +563,8 @@ typedef struct bit_ttt_chat_message {
  * The library panicked; the process is fine, the session (if any) is poisoned.
  */
 #define BIT_TTT_PANIC 101
+
+
 
 
 
@@ -777,15 +777,6 @@ bit_ttt_status bit_ttt_model_get_info(const struct bit_ttt_model *model,
                                       struct bit_ttt_model_info *out_info);
 
 /**
- * Memory a model folder and one session with `session_params` (NULL = defaults) will take,
- * from config.json and the safetensors headers only: no weights are read.
- */
-bit_ttt_status bit_ttt_estimate_memory(const char *path,
-                                       size_t path_len,
-                                       const struct bit_ttt_session_params *session_params,
-                                       struct bit_ttt_memory_estimate *out_estimate);
-
-/**
  * Fills `params` with defaults (and its struct_size).
  */
 bit_ttt_status bit_ttt_session_params_init(struct bit_ttt_session_params *params);
@@ -820,6 +811,15 @@ bit_ttt_status bit_ttt_session_reset(const struct bit_ttt_session *session, uint
  * Valid until the next failing call on the session.
  */
 const char *bit_ttt_session_last_error(const struct bit_ttt_session *session);
+
+/**
+ * Memory a model folder and one session with `session_params` (NULL = defaults) will take,
+ * from config.json and the safetensors headers only: no weights are read.
+ */
+bit_ttt_status bit_ttt_estimate_memory(const char *path,
+                                       size_t path_len,
+                                       const struct bit_ttt_session_params *session_params,
+                                       struct bit_ttt_memory_estimate *out_estimate);
 
 /**
  * Saves the session's context (tokens, KV cache, sampler state) as a versioned blob tied to

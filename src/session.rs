@@ -9,11 +9,12 @@ mod adapt;
 
 use crate::adapt::Trainer;
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::kv_cache::{KvCache, KvType};
-use crate::sampling::{self, Rng, SamplingParams};
+use crate::rng::Rng;
+use crate::sampling::{self, SamplingParams};
 use crate::state::SessionState;
 use crate::text::stop::StopMatcher;
 use crate::text::stream::Detokenizer;
+use crate::transformer::kv_cache::{KvCache, KvType};
 use crate::{Model, TokenId};
 
 /// Options for a session.
@@ -234,7 +235,7 @@ fn run_chunk(
     cache: &mut KvCache,
     gpu: GpuSide,
     chunk: &[TokenId],
-    adapters: Option<&crate::model::lora::Adapters>,
+    adapters: Option<&crate::transformer::lora::Adapters>,
     all_logits: bool,
 ) -> Result<Pass> {
     let tf = model.transformer();

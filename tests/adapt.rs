@@ -4,8 +4,8 @@
 mod common;
 use common::fixture;
 
-use bit_ttt::adapt::AdaptParams;
-use bit_ttt::session::ResetParts;
+use bit_ttt::AdaptParams;
+use bit_ttt::ResetParts;
 use bit_ttt::{
     ErrorKind, GenerateParams, Model, ModelParams, SamplingParams, Session, SessionParams,
 };
@@ -288,7 +288,7 @@ fn online_adapt_scores_each_window_before_stepping_and_reads_the_text() {
             true
         })
         .unwrap();
-    let windows = bit_ttt::adapt::windows(tokens.len() - 1, chunk);
+    let windows = bit_ttt::adapt_windows(tokens.len() - 1, chunk);
     assert_eq!(r.steps, windows.len());
     for (w, loss) in windows.iter().zip(&losses) {
         // nll[i] scores token i+1; window w trains on predicting tokens w.start+1..w.end.

@@ -8,9 +8,10 @@
 
 mod common;
 
-use bit_ttt::kernels::scalar;
-use bit_ttt::quant::{pack_ternary, quantize_activations};
-use bit_ttt::{Model, ModelParams, Session, SessionParams, cuda};
+use bit_ttt::__internal::cuda;
+use bit_ttt::__internal::kernels::scalar;
+use bit_ttt::__internal::quant::{pack_ternary, quantize_activations};
+use bit_ttt::{Model, ModelParams, Session, SessionParams};
 
 fn gpu() -> Option<&'static cuda::Gpu> {
     match cuda::status() {
@@ -48,7 +49,7 @@ impl Rng {
 
 #[test]
 fn cuda_off_or_on_is_reported_and_the_cpu_path_runs() {
-    let info = bit_ttt::kernels::system_info();
+    let info = bit_ttt::system_info();
     let line = info.lines().find(|l| l.starts_with("cuda: ")).unwrap();
     match cuda::status() {
         Ok(g) => assert!(line.contains(&g.name), "{line}"),
@@ -327,7 +328,7 @@ fn device_candidates_are_the_best_logits_in_order() {
             let next = top[0].0;
             let row = gm.forward(&mut a, &[next], false).unwrap();
             let t = gm.forward_top(&mut b, &[next], 1).unwrap();
-            let best = bit_ttt::sampling::argmax(&row);
+            let best = bit_ttt::__internal::sampling::argmax(&row);
             assert_eq!(t, vec![(best as u32, row[best])], "{name}");
         }
         println!("{name}: {k} device candidates equal the sorted row");
@@ -439,7 +440,7 @@ fn gpu_session_state_and_adapt_follow_the_cpu() {
             out.push(s.generate(" Then", &greedy(12), |_| true).unwrap().tokens);
             s.load_state(&blob).unwrap();
             out.push(s.generate(" Then", &greedy(12), |_| true).unwrap().tokens);
-            let ap = bit_ttt::adapt::AdaptParams {
+            let ap = bit_ttt::AdaptParams {
                 keep_kv: true,
                 ..Default::default()
             };

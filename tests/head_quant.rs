@@ -56,7 +56,10 @@ fn accuracy_cost(head: HeadFormat) -> (f64, f64) {
         let (mut ag, mut n) = (0, 0);
         for (x, y) in a.chunks(vocab).zip(b.chunks(vocab)) {
             n += 1;
-            ag += usize::from(bit_ttt::sampling::argmax(x) == bit_ttt::sampling::argmax(y));
+            ag += usize::from(
+                bit_ttt::__internal::sampling::argmax(x)
+                    == bit_ttt::__internal::sampling::argmax(y),
+            );
         }
         let theirs: f64 = reference["score"]["nll"]
             .as_array()

@@ -6,12 +6,12 @@
 
 use std::sync::LazyLock;
 
-use bit_ttt::kernels::Kernel;
-use bit_ttt::kernels::packed::{DIGITS, PackedTernary, Packing, QuantizedRows};
-use bit_ttt::kernels::pool::Pool;
-use bit_ttt::kernels::scalar;
-use bit_ttt::loader::bytes::Bytes;
-use bit_ttt::quant::pack_ternary;
+use bit_ttt::__internal::kernels::Kernel;
+use bit_ttt::__internal::kernels::packed::{DIGITS, PackedTernary, Packing, QuantizedRows};
+use bit_ttt::__internal::kernels::pool::Pool;
+use bit_ttt::__internal::kernels::scalar;
+use bit_ttt::__internal::quant::pack_ternary;
+use bit_ttt::__internal::storage::Bytes;
 use proptest::prelude::*;
 
 /// Pools of 2 and 3 threads: decode on several threads splits the rows into one contiguous share

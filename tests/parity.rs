@@ -6,7 +6,7 @@ use common::parity_cases;
 
 use std::path::Path;
 
-use bit_ttt::kernels::Kernel;
+use bit_ttt::__internal::kernels::Kernel;
 use bit_ttt::{GenerateParams, Model, ModelParams, SamplingParams, Session, SessionParams};
 use serde_json::Value;
 
@@ -93,8 +93,10 @@ fn logits_match_transformers() {
             assert_eq!(ours.len(), theirs.len());
             for (a, b) in ours.chunks(vocab).zip(theirs.chunks(vocab)) {
                 positions += 1;
-                top1_agree +=
-                    usize::from(bit_ttt::sampling::argmax(a) == bit_ttt::sampling::argmax(b));
+                top1_agree += usize::from(
+                    bit_ttt::__internal::sampling::argmax(a)
+                        == bit_ttt::__internal::sampling::argmax(b),
+                );
                 for (x, y) in a.iter().zip(b) {
                     max_err = max_err.max((x - y).abs());
                 }

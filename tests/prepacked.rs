@@ -71,8 +71,8 @@ fn converted_files_give_identical_logits_and_share_state() {
 /// by name.
 #[test]
 fn both_layouts_load_on_every_kernel_with_the_same_logits() {
-    use bit_ttt::kernels::Kernel;
-    use bit_ttt::kernels::packed::Packing;
+    use bit_ttt::__internal::kernels::Kernel;
+    use bit_ttt::__internal::kernels::packed::Packing;
     let tmp = tempfile::TempDir::new().unwrap();
     for name in ["bitnet_packed_auto", "llama_packed_sharded"] {
         let dir = fixture(name);

@@ -5,7 +5,7 @@
 mod common;
 use common::sample_model;
 
-use bit_ttt::kernels::Kernel;
+use bit_ttt::__internal::kernels::Kernel;
 use bit_ttt::{HeadFormat, KvType, Model, ModelParams, Session, SessionParams};
 
 /// Tokens scored per held-out document: the training context, as in tools/train_sample.py's
@@ -159,7 +159,10 @@ fn top1_agreement_with(a: &Model, b: &Model, b_params: &SessionParams) -> f64 {
         sb.reset();
         let (la, lb) = (sa.eval(&tokens).unwrap(), sb.eval(&tokens).unwrap());
         for (x, y) in la.chunks(vocab).zip(lb.chunks(vocab)) {
-            same += usize::from(bit_ttt::sampling::argmax(x) == bit_ttt::sampling::argmax(y));
+            same += usize::from(
+                bit_ttt::__internal::sampling::argmax(x)
+                    == bit_ttt::__internal::sampling::argmax(y),
+            );
             n += 1;
         }
     }

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
-use bit_ttt::text::tokenizer::Tokenizer;
+use bit_ttt::__internal::text::tokenizer::Tokenizer;
 use proptest::prelude::*;
 
 fn root() -> PathBuf {

@@ -4,10 +4,10 @@
 
 use std::path::PathBuf;
 
+use bit_ttt::__internal::text::chat;
+use bit_ttt::__internal::text::stream::Detokenizer;
+use bit_ttt::__internal::text::tokenizer::Tokenizer;
 use bit_ttt::ChatMessage;
-use bit_ttt::text::chat;
-use bit_ttt::text::stream::Detokenizer;
-use bit_ttt::text::tokenizer::Tokenizer;
 use serde_json::Value;
 
 /// The fetched tokenizer folder. Under CI a missing tokenizer is a failure, never a skip.

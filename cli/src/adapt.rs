@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use bit_ttt::adapt::AdaptParams;
+use bit_ttt::AdaptParams;
 use bit_ttt::{Error, ErrorKind, ResetParts, Session, TokenId};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -128,7 +128,7 @@ pub fn adapt(a: &AdaptArgs) -> bit_ttt::Result<()> {
         )
     };
     let mut losses = Vec::new();
-    let on_step = |p: &bit_ttt::adapt::AdaptProgress| {
+    let on_step = |p: &bit_ttt::AdaptProgress| {
         bar.set_length(p.total_steps as u64);
         bar.set_position(p.step as u64);
         bar.set_message(format!("{:.3}", p.loss));
@@ -144,7 +144,7 @@ pub fn adapt(a: &AdaptArgs) -> bit_ttt::Result<()> {
         }
         let r = session.adapt_online_tokens(&tokens, &params, on_step)?;
         // Windows over all tokens but the last (left for generate), as adapt_online reads them.
-        let windows = bit_ttt::adapt::windows(tokens.len() - 1, params.chunk_tokens);
+        let windows = bit_ttt::adapt_windows(tokens.len() - 1, params.chunk_tokens);
         let (sum, n) = windows
             .iter()
             .zip(&losses)

@@ -4,7 +4,7 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use bit_ttt::kernels::packed::Packing;
+use bit_ttt::Packing;
 use bit_ttt::{
     ChatMessage, GenerateParams, HeadFormat, KvType, Model, ModelParams, SamplingParams, Session,
     SessionParams,
@@ -120,7 +120,7 @@ impl ModelArgs {
         let kernel = self
             .kernel
             .as_deref()
-            .map(bit_ttt::kernels::Kernel::parse)
+            .map(bit_ttt::Kernel::parse)
             .transpose()?;
         let model = Model::load(
             model_path(&self.model)?,
@@ -166,7 +166,7 @@ struct SamplingArgs {
     #[arg(long, default_value_t = 0.0)]
     frequency_penalty: f32,
     /// Sampler seed (same seed, same text).
-    #[arg(long, default_value_t = bit_ttt::sampling::DEFAULT_SEED)]
+    #[arg(long, default_value_t = bit_ttt::DEFAULT_SEED)]
     seed: u64,
     /// Stop before this string (repeatable).
     #[arg(long)]
@@ -463,7 +463,7 @@ fn info(a: &InfoArgs) -> bit_ttt::Result<()> {
 /// `--packing`: a layout's name, or `auto` for this CPU's fastest kernel's.
 fn packing(name: &str) -> bit_ttt::Result<Packing> {
     match name {
-        "auto" => Ok(bit_ttt::kernels::Kernel::best().packing()),
+        "auto" => Ok(bit_ttt::Kernel::best().packing()),
         _ => Packing::parse(name).ok_or_else(|| {
             bit_ttt::Error::invalid_argument(format!(
                 "unknown packing `{name}` (known: auto, 2bit, base3)"
@@ -483,28 +483,6 @@ pub fn peak_rss_bytes() -> Option<u64> {
 /// Starts a new peak-RSS measurement (Linux: "5" to clear_refs resets VmHWM to the current RSS).
 fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-/// Memory read bandwidth with `threads` threads (0 = all cores), in bytes/s: the best of three sums of a
-/// 512 MiB buffer (larger than any cache).
-fn read_bandwidth(threads: usize) -> f64 {
-    use bit_ttt::kernels::pool;
-    let pool = pool::Pool::new(threads).expect("thread pool");
-    let buf: Vec<u64> = (0..(512usize << 20) / 8).map(|i| i as u64).collect();
-    (0..3)
-        .map(|_| {
-            let start = std::time::Instant::now();
-            let sum = pool.install(|| {
-                pool::map(buf.chunks(1 << 16).collect(), |c| {
-                    c.iter().fold(0u64, |s, &x| s.wrapping_add(x))
-                })
-                .into_iter()
-                .fold(0, u64::wrapping_add)
-            });
-            std::hint::black_box(sum);
-            (buf.len() * 8) as f64 / start.elapsed().as_secs_f64()
-        })
-        .fold(0.0, f64::max)
 }
 
 /// Runs this same `bench` command once per thread count, each in a fresh process: a peak RSS
@@ -541,7 +519,7 @@ fn bench(a: &BenchArgs) -> bit_ttt::Result<()> {
     let kernel = a
         .kernel
         .as_deref()
-        .map(bit_ttt::kernels::Kernel::parse)
+        .map(bit_ttt::Kernel::parse)
         .transpose()?;
     if a.prompt_tokens == 0 || a.gen_tokens < 2 {
         return Err(bit_ttt::Error::invalid_argument(
@@ -567,7 +545,11 @@ fn bench(a: &BenchArgs) -> bit_ttt::Result<()> {
     let path = model_path(&a.model)?;
     let kv_cache = KvType::parse(&a.kv_cache)?;
     // Bandwidth first: its buffer must not count in the models' peak RSS.
-    let bandwidths: Vec<f64> = a.threads.iter().map(|&t| read_bandwidth(t)).collect();
+    let bandwidths: Vec<f64> = a
+        .threads
+        .iter()
+        .map(|&t| bit_ttt::read_bandwidth(t))
+        .collect::<bit_ttt::Result<_>>()?;
     for (&threads, &bandwidth) in a.threads.iter().zip(&bandwidths) {
         // Each thread count's own peak: the bandwidth buffer and the previous model are gone.
         reset_peak_rss();

@@ -4,12 +4,31 @@
 
 use super::ops::{self, AttnShape};
 use crate::config::Activation;
-use crate::model::Weights;
-use crate::model::forward::Transformer;
-use crate::model::kv_cache::KvCache;
-use crate::model::linear::Linear;
-use crate::model::lora::Adapters;
-use crate::model::tape::{LayerTape, Tape};
+use crate::transformer::Weights;
+use crate::transformer::forward::Transformer;
+use crate::transformer::kv_cache::KvCache;
+use crate::transformer::linear::Linear;
+use crate::transformer::lora::Adapters;
+use crate::transformer::tape::{LayerTape, Tape};
+
+/// The transpose of the forward pass's rotary embedding on gradients of q and k at positions
+/// `start..`.
+fn rope_backward(tf: &Transformer, dq: &mut [f32], dk: &mut [f32], start: usize) {
+    let cfg = &tf.weights.config;
+    let (d, rope) = (cfg.head_dim, tf.rope());
+    let mut cos = vec![0.0; rope.half_dim()];
+    let mut sin = vec![0.0; rope.half_dim()];
+    for (t, (qt, kt)) in dq
+        .chunks_exact_mut(cfg.q_dim())
+        .zip(dk.chunks_exact_mut(cfg.kv_dim()))
+        .enumerate()
+    {
+        rope.cos_sin(start + t, &mut cos, &mut sin);
+        qt.chunks_exact_mut(d)
+            .chain(kt.chunks_exact_mut(d))
+            .for_each(|h| ops::rope_backward(h, &cos, &sin));
+    }
+}
 
 /// `dx += Wᵀ·dy` for a frozen projection.
 fn frozen_t(tf: &Transformer, l: &Linear, dy: &[f32], n: usize, dx: &mut [f32]) {
@@ -237,7 +256,7 @@ fn layer(
         &mut dk,
         &mut dv,
     );
-    tf.rope_backward(&mut dq, &mut dk, tape.start);
+    rope_backward(tf, &mut dq, &mut dk, tape.start);
     let mut d_h = (!lowest).then(|| vec![0.0f32; n * hd]);
     ctx.projection(
         li,

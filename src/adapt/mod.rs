@@ -7,12 +7,12 @@ pub mod ops;
 pub mod optim;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::Weights;
-use crate::model::forward::Transformer;
-use crate::model::kv_cache::KvCache;
-use crate::model::lora::{ALL_PROJECTIONS, AdapterShape, Adapters};
-use crate::model::tape::Tape;
 use crate::state::TrainerBlob;
+use crate::transformer::Weights;
+use crate::transformer::forward::Transformer;
+use crate::transformer::kv_cache::KvCache;
+use crate::transformer::lora::{ALL_PROJECTIONS, AdapterShape, Adapters};
+use crate::transformer::tape::Tape;
 use optim::{AdamW, Hyper};
 
 /// Parameters of one `adapt` call.

@@ -2,25 +2,7 @@
 //! can run them in f64. Every function *adds* its input gradient into the buffer it is given
 //! (residual branches sum), and takes what the forward pass saved.
 
-use num_traits::Float;
-use std::ops::AddAssign;
-
-/// f32 for the engine, f64 for the finite-difference tests.
-pub trait Real: Float + AddAssign + Send + Sync + 'static {
-    fn dot(a: &[Self], b: &[Self]) -> Self;
-}
-
-impl Real for f32 {
-    fn dot(a: &[f32], b: &[f32]) -> f32 {
-        crate::kernels::scalar::dot(a, b)
-    }
-}
-
-impl Real for f64 {
-    fn dot(a: &[f64], b: &[f64]) -> f64 {
-        a.iter().zip(b).map(|(x, y)| x * y).sum()
-    }
-}
+pub use crate::transformer::lora::Real;
 
 fn c<F: Real>(v: f64) -> F {
     F::from(v).expect("constant fits the float type")
@@ -216,35 +198,6 @@ pub fn cross_entropy_tiled<F: Real>(
     loss
 }
 
-/// `out[t] += scale · B·(A·x[t])` and returns `u = A·x` `[n, rank]` for the backward pass.
-/// `a` is `[rank, cols]`, `b` is `[rows, rank]`.
-pub fn lora_forward<F: Real>(
-    a: &[F],
-    b: &[F],
-    rank: usize,
-    scale: F,
-    x: &[F],
-    out: &mut [F],
-) -> Vec<F> {
-    let cols = a.len() / rank;
-    let rows = b.len() / rank;
-    let n = x.len() / cols;
-    let mut u = vec![F::zero(); n * rank];
-    for t in 0..n {
-        let xt = &x[t * cols..][..cols];
-        for j in 0..rank {
-            let aj = &a[j * cols..][..cols];
-            u[t * rank + j] = F::dot(aj, xt);
-        }
-        let ut = &u[t * rank..][..rank];
-        for r in 0..rows {
-            let br = &b[r * rank..][..rank];
-            out[t * rows + r] += scale * F::dot(br, ut);
-        }
-    }
-    u
-}
-
 /// LoRA backward: dB += scale·dy·uᵀ, du = scale·Bᵀ·dy, dA += du·xᵀ, and (when asked) dx += Aᵀ·du.
 #[allow(clippy::too_many_arguments)]
 pub fn lora_backward<F: Real>(
@@ -302,6 +255,7 @@ pub fn lora_backward<F: Real>(
 mod tests {
     //! Each backward against central finite differences of its forward, all in f64.
     use super::*;
+    use crate::transformer::lora::lora_forward;
 
     fn rand_vec(seed: u64, n: usize) -> Vec<f64> {
         let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;

@@ -1,7 +1,7 @@
 //! AdamW (decoupled weight decay, as PyTorch defines it) with global-norm gradient clipping and
 //! an optional pull towards the initial adapter.
 
-use crate::model::lora::Adapters;
+use crate::transformer::lora::Adapters;
 
 /// First and second moments and the step count: saved with a session so training resumes.
 #[derive(Debug, Clone, PartialEq)]

@@ -3,7 +3,8 @@
 
 use super::*;
 use crate::kernels::Kernel;
-use crate::loader::{self, source::Source};
+use crate::loader;
+use crate::storage::Source;
 
 fn transformer(name: &str, kernel: Kernel) -> Transformer {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -11,7 +12,11 @@ fn transformer(name: &str, kernel: Kernel) -> Transformer {
         .join(name);
     let (weights, _) =
         loader::load_weights(&Source::Dir(dir), crate::kernels::Kernel::best().packing()).unwrap();
-    Transformer::new(weights, kernel, crate::HeadFormat::Native)
+    Transformer::new(
+        weights,
+        kernel,
+        crate::transformer::head::HeadFormat::Native,
+    )
 }
 
 fn tokens(vocab: usize, n: usize, seed: u64) -> Vec<u32> {
@@ -122,7 +127,7 @@ fn gradient_check(name: &str) {
                     assert!(
                         err <= 0.03 * numeric.abs() + 3e-4,
                         "{name}: layer {li} {} {} [{i}]: analytic {analytic}, numeric {numeric}",
-                        crate::model::lora::PROJECTIONS[proj],
+                        crate::transformer::lora::PROJECTIONS[proj],
                         ["A", "B"][which]
                     );
                     checked += 1;

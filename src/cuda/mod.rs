@@ -18,7 +18,7 @@ use crate::error::{Error, ErrorKind, Result};
 
 mod model;
 pub(crate) use model::GpuCore;
-pub use model::{GpuCache, GpuModel, MAX_CANDIDATES, Profile};
+pub use model::{GpuCache, MAX_CANDIDATES, Profile};
 
 /// The kernels' source, for NVRTC when no fatbin was built.
 const SOURCE: &str = include_str!("../../kernels/bitnet.cu");

@@ -6,18 +6,16 @@
 //! A model may be offloaded in part: the first `n_layers` layers run here and hand their hidden
 //! states to the CPU, which runs the rest and the head ([`GpuCore::forward_hidden`]).
 
-use std::sync::Arc;
-
 use cudarc::driver::{CudaEvent, CudaSlice, LaunchConfig, PushKernelArg};
 
 use super::{Gpu, cuda_err, dim, status};
 use crate::config::{Activation, Config};
 use crate::error::{Error, ErrorKind, Result};
 use crate::kernels::packed::Packing;
-use crate::loader::safetensors::DType;
-use crate::model::forward::Transformer;
-use crate::model::linear::{FloatMatrix, Linear};
-use crate::{Model, TokenId};
+use crate::storage::DType;
+use crate::text::tokenizer::TokenId;
+use crate::transformer::forward::Transformer;
+use crate::transformer::linear::{FloatMatrix, Linear};
 
 /// One BitLinear on the device: `rows` rows of `row_bytes` bytes in the kernels' layout.
 struct GpuLinear {
@@ -1017,75 +1015,5 @@ fn upload_head(gpu: &Gpu, head: &FloatMatrix) -> Result<(CudaSlice<u8>, bool)> {
             let bytes: Vec<u8> = f.iter().flat_map(|v| v.to_le_bytes()).collect();
             Ok((up(&bytes)?, false))
         }
-    }
-}
-
-/// A model's weights on the GPU, for tests and benchmarks that drive the GPU pass directly
-/// (sessions use the copy a model loaded with a CUDA device holds).
-pub struct GpuModel {
-    core: Arc<GpuCore>,
-    model: Model,
-}
-
-impl GpuModel {
-    /// Uploads every layer and the head of `model`.
-    pub fn new(model: &Model) -> Result<Self> {
-        Self::with_layers(model, model.config().num_layers)
-    }
-
-    /// Uploads the first `n_layers` layers (all of them: the head too).
-    pub fn with_layers(model: &Model, n_layers: usize) -> Result<Self> {
-        Ok(Self {
-            core: Arc::new(GpuCore::new(model.transformer(), n_layers)?),
-            model: model.clone(),
-        })
-    }
-
-    /// Bytes of weights on the device.
-    pub fn device_bytes(&self) -> usize {
-        self.core.device_bytes()
-    }
-
-    pub fn new_cache(&self, capacity: usize) -> Result<GpuCache> {
-        self.core.new_cache(capacity)
-    }
-
-    /// Runs `tokens` at positions `cache.len()..` and returns the logits `[n, vocab]` of every
-    /// token (`all_logits`) or of the last one only.
-    pub fn forward(
-        &self,
-        cache: &mut GpuCache,
-        tokens: &[u32],
-        all_logits: bool,
-    ) -> Result<Vec<f32>> {
-        let x = self.model.transformer().embed(tokens)?;
-        self.core.forward(cache, &x, all_logits)
-    }
-
-    /// The `k` best (token, logit) pairs of the last of `tokens`, best first.
-    pub fn forward_top(
-        &self,
-        cache: &mut GpuCache,
-        tokens: &[u32],
-        k: usize,
-    ) -> Result<Vec<(TokenId, f32)>> {
-        let x = self.model.transformer().embed(tokens)?;
-        self.core.forward_top(cache, &x, k)
-    }
-
-    /// Hidden states after the offloaded layers.
-    pub fn forward_hidden(&self, cache: &mut GpuCache, tokens: &[u32]) -> Result<Vec<f32>> {
-        let x = self.model.transformer().embed(tokens)?;
-        self.core.forward_hidden(cache, &x)
-    }
-
-    /// Per-launch timings of one pass of `tokens` (see [`GpuCore::profile`]).
-    pub fn profile(&self, cache: &mut GpuCache, tokens: &[u32]) -> Result<Profile> {
-        let x = self.model.transformer().embed(tokens)?;
-        self.core.profile(cache, &x)
-    }
-
-    pub fn max_candidates(&self) -> usize {
-        self.core.max_candidates()
     }
 }

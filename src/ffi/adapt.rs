@@ -8,7 +8,7 @@ use super::session::{bit_ttt_session, with_session};
 use super::status::*;
 use super::strings::str_in;
 use crate::Session;
-use crate::adapt::{AdaptParams, AdaptResult};
+use crate::{AdaptParams, AdaptResult};
 
 /// Called after each adapt step with the step (1-based), the number of steps and the step's
 /// mean loss in nats per token. Runs on the thread that called bit_ttt_adapt. Return non-zero
@@ -146,7 +146,7 @@ fn run_adapt(
     mode: Mode,
     text: &str,
     p: &AdaptParams,
-    progress: impl FnMut(&crate::adapt::AdaptProgress) -> bool,
+    progress: impl FnMut(&crate::AdaptProgress) -> bool,
 ) -> crate::Result<AdaptResult> {
     match mode {
         Mode::Offline => sess.adapt(text, p, progress),

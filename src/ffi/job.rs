@@ -14,7 +14,7 @@ use super::generate::{bit_ttt_generate_params, bit_ttt_generate_result, result_o
 use super::session::{SessionShared, bit_ttt_session, shared};
 use super::status::*;
 use super::strings::{str_in, text_out};
-use crate::adapt::{AdaptProgress, AdaptResult};
+use crate::{AdaptProgress, AdaptResult};
 use crate::{GenerateResult, Session, StopReason};
 
 /// What a finished job produced.

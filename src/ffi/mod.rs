@@ -18,14 +18,3 @@ mod status;
 mod strings;
 mod system;
 mod text;
-
-pub use adapt::*;
-pub use generate::*;
-pub use job::*;
-pub use model::*;
-pub use session::*;
-pub use state::*;
-pub use status::*;
-pub use strings::bit_ttt_string;
-pub use system::*;
-pub use text::*;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::boundary::{call, handle, out_struct, versioned_params, write_out};
 use super::status::*;
 use super::strings::{bit_ttt_string, bytes_in, path_in, slice_in, str_in, string_in};
-use crate::kernels::Kernel;
+use crate::Kernel;
 use crate::{HeadFormat, Model, ModelParams};
 
 /// A loaded model: immutable, usable from any thread, shared by sessions. Reference counted:
@@ -246,8 +246,8 @@ pub extern "C" fn bit_ttt_model_get_info(
         let info = bit_ttt_model_info {
             struct_size: std::mem::size_of::<bit_ttt_model_info>() as u32,
             family: match i.family {
-                crate::config::Family::BitNet => BIT_TTT_FAMILY_BITNET,
-                crate::config::Family::Llama => BIT_TTT_FAMILY_LLAMA,
+                crate::Family::BitNet => BIT_TTT_FAMILY_BITNET,
+                crate::Family::Llama => BIT_TTT_FAMILY_LLAMA,
             },
             hidden_size: i.hidden_size as u32,
             intermediate_size: i.intermediate_size as u32,
@@ -264,33 +264,5 @@ pub extern "C" fn bit_ttt_model_get_info(
             fingerprint: m.fingerprint(),
         };
         write_out(out, info)
-    })
-}
-
-/// Memory a model folder and one session with `session_params` (NULL = defaults) will take,
-/// from config.json and the safetensors headers only: no weights are read.
-#[unsafe(no_mangle)]
-pub extern "C" fn bit_ttt_estimate_memory(
-    path: *const c_char,
-    path_len: usize,
-    session_params: *const super::session::bit_ttt_session_params,
-    out_estimate: *mut bit_ttt_memory_estimate,
-) -> bit_ttt_status {
-    call(|| {
-        let out = out_struct(out_estimate, "out_estimate")?;
-        let path = path_in(path, path_len)?;
-        let sp = super::session::session_params(session_params)?;
-        let e = crate::estimate_memory(path, sp.n_ctx, sp.n_batch)?;
-        write_out(
-            out,
-            bit_ttt_memory_estimate {
-                struct_size: std::mem::size_of::<bit_ttt_memory_estimate>() as u32,
-                weight_bytes: e.weight_bytes,
-                mapped_bytes: e.mapped_bytes,
-                kv_cache_bytes: e.kv_cache_bytes,
-                scratch_bytes: e.scratch_bytes,
-                total_bytes: e.total(),
-            },
-        )
     })
 }

@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 
-use super::boundary::{call, call_with, handle, versioned_params, write_out};
-use super::model::bit_ttt_model;
+use super::boundary::{call, call_with, handle, out_struct, versioned_params, write_out};
+use super::model::{bit_ttt_memory_estimate, bit_ttt_model};
 use super::status::*;
-use super::strings::{bit_ttt_string, string_in};
+use super::strings::{bit_ttt_string, path_in, string_in};
 use crate::{CancelHandle, KvType, ResetParts, Session, SessionParams};
 
 /// The shared part of a session handle; async jobs hold it too.
@@ -55,6 +55,13 @@ pub const BIT_TTT_RESET_CONTEXT: u32 = 1;
 pub const BIT_TTT_RESET_ADAPTERS: u32 = 2;
 pub const BIT_TTT_RESET_RNG: u32 = 4;
 pub const BIT_TTT_RESET_ALL: u32 = 7;
+// The C bits are the Rust API's (`ResetParts`), checked when compiling.
+const _: () = assert!(
+    BIT_TTT_RESET_CONTEXT == ResetParts::CONTEXT.0
+        && BIT_TTT_RESET_ADAPTERS == ResetParts::ADAPTERS.0
+        && BIT_TTT_RESET_RNG == ResetParts::RNG.0
+        && BIT_TTT_RESET_ALL == BIT_TTT_RESET_CONTEXT | BIT_TTT_RESET_ADAPTERS | BIT_TTT_RESET_RNG
+);
 
 impl bit_ttt_session_params {
     fn defaults() -> Self {
@@ -260,6 +267,34 @@ pub extern "C" fn bit_ttt_session_last_error(session: *const bit_ttt_session) ->
         Ok(s) => s.last_error.lock().as_ptr(),
         Err(_) => c"`session` is NULL".as_ptr(),
     }
+}
+
+/// Memory a model folder and one session with `session_params` (NULL = defaults) will take,
+/// from config.json and the safetensors headers only: no weights are read.
+#[unsafe(no_mangle)]
+pub extern "C" fn bit_ttt_estimate_memory(
+    path: *const c_char,
+    path_len: usize,
+    session_params: *const bit_ttt_session_params,
+    out_estimate: *mut bit_ttt_memory_estimate,
+) -> bit_ttt_status {
+    call(|| {
+        let out = out_struct(out_estimate, "out_estimate")?;
+        let path = path_in(path, path_len)?;
+        let sp = self::session_params(session_params)?;
+        let e = crate::estimate_memory(path, sp.n_ctx, sp.n_batch)?;
+        write_out(
+            out,
+            bit_ttt_memory_estimate {
+                struct_size: std::mem::size_of::<bit_ttt_memory_estimate>() as u32,
+                weight_bytes: e.weight_bytes,
+                mapped_bytes: e.mapped_bytes,
+                kv_cache_bytes: e.kv_cache_bytes,
+                scratch_bytes: e.scratch_bytes,
+                total_bytes: e.total(),
+            },
+        )
+    })
 }
 
 #[cfg(test)]

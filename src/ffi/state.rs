@@ -6,7 +6,7 @@ use std::io::Write;
 use super::session::{bit_ttt_session, with_session};
 use super::status::*;
 use super::strings::{items_out, path_in, slice_in};
-use crate::error::Error;
+use crate::Error;
 
 /// Saves the session's context (tokens, KV cache, sampler state) as a versioned blob tied to
 /// the model. Usual buffer rule: with buf NULL or too small, `*out_len` gets the size needed.

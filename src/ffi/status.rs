@@ -1,6 +1,6 @@
 //! Status codes: fixed forever, never reused. New codes are appended.
 
-use crate::error::{Error, ErrorKind};
+use crate::{Error, ErrorKind};
 
 /// Result of every fallible function: BIT_TTT_OK or an error code.
 pub type bit_ttt_status = i32;

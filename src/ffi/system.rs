@@ -49,7 +49,7 @@ pub extern "C" fn bit_ttt_system_info(
     cap: usize,
     out_len: *mut usize,
 ) -> bit_ttt_status {
-    call(|| text_out(&crate::kernels::system_info(), buf, cap, out_len))
+    call(|| text_out(&crate::system_info(), buf, cap, out_len))
 }
 
 /// The message of the last failed call on this thread ("" if none). Valid until the next call

@@ -3,7 +3,7 @@
 //! choice; their sums differ from the scalar loop only by float rounding order.
 
 use super::Kernel;
-use crate::loader::safetensors::DType;
+use crate::storage::DType;
 
 /// A dense `[rows, cols]` matrix view.
 #[derive(Clone, Copy)]

@@ -14,8 +14,8 @@ use half::f16;
 
 use super::Kernel;
 use super::dense::DenseView;
-use crate::loader::bytes::Bytes;
 use crate::quant;
+use crate::storage::Bytes;
 
 /// Columns per group (one scale each).
 pub const GROUP: usize = 64;
@@ -513,13 +513,13 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::loader::safetensors::DType;
+    use crate::storage::DType;
 
     /// Scales are read in place exactly when their bytes are aligned, hold the same values
     /// either way, and a length that is not whole f16s is refused.
     #[test]
     fn scales_from_bytes_in_place_or_copied() {
-        use crate::loader::bytes::Backing;
+        use crate::storage::Backing;
         use std::sync::Arc;
         let values = [
             1.5f32, -0.25, 3.0e-5, 0.0, 7.0, 1e-3, -2.0, 0.5, 0.125, 6e-8,

@@ -4,8 +4,8 @@
 
 use super::Kernel;
 use super::dense::DenseView;
-use crate::loader::bytes::Bytes;
 use crate::quant;
+use crate::storage::Bytes;
 
 /// Columns are padded to a multiple of this (zeros), so SIMD loops need no tail.
 const PAD: usize = 64;

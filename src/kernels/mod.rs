@@ -276,43 +276,11 @@ pub fn cpu_features() -> Vec<&'static str> {
     f
 }
 
-/// One line per fact: library version, CPU features, kernels available and the default.
-pub fn system_info() -> String {
-    let default = Kernel::select(None).map_or_else(
-        |e| format!("error: {e}"),
-        |k| format!("{} (weights {})", k.name(), k.packing().name()),
-    );
-    format!(
-        "bit_ttt {}\narch: {}\ncpu features: {}\nternary kernels: {}\nternary kernel: {}\nprompt products on AMX tiles: {}\nthreads available: {}\ncuda: {}\n",
-        env!("CARGO_PKG_VERSION"),
-        std::env::consts::ARCH,
-        cpu_features().join(" "),
-        Kernel::available()
-            .iter()
-            .map(|k| k.name())
-            .collect::<Vec<_>>()
-            .join(" "),
-        default,
-        amx_line(),
-        std::thread::available_parallelism().map_or(1, |n| n.get()),
-        cuda_line(),
-    )
-}
-
-fn amx_line() -> &'static str {
+/// Whether prompts run on AMX tiles here, in words.
+pub fn amx_status() -> &'static str {
     #[cfg(target_arch = "x86_64")]
     if amx::enabled() {
         return "yes (with the avx512vnni kernel; BIT_TTT_AMX=0 turns them off)";
     }
     "no"
-}
-
-#[cfg(feature = "cuda")]
-fn cuda_line() -> String {
-    crate::cuda::describe()
-}
-
-#[cfg(not(feature = "cuda"))]
-fn cuda_line() -> String {
-    "not built (cargo feature `cuda`)".to_string()
 }

@@ -17,8 +17,8 @@
 //! Codes are unsigned, so a kernel computes Σ code·q and subtracts Σ q (computed once per
 //! token): Σ (t+1)·q − Σ q = Σ t·q, exactly.
 
-use crate::loader::bytes::Bytes;
 use crate::quant;
+use crate::storage::Bytes;
 
 /// Weights per block of the 2-bit layout.
 pub const BLOCK: usize = 256;

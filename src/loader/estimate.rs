@@ -6,13 +6,13 @@ use std::io::Read;
 
 use serde::Deserialize;
 
-use super::source::Source;
 use super::weight_files;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::kernels::Kernel;
 use crate::kernels::packed::PackedTernary;
 use crate::quant;
+use crate::storage::Source;
 
 /// Bytes a model and one session of it will take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

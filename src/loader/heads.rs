@@ -2,47 +2,17 @@
 //! that a model loaded with that head maps it in place instead of quantising the f16/bf16 head
 //! at every load (seconds for a 128k vocabulary, and the whole bf16 head paged in on the way).
 
-use std::borrow::Cow;
-
-use super::safetensors::{DType, TensorStore};
-use crate::HeadFormat;
+use super::safetensors::TensorStore;
 use crate::error::{Error, Result};
 use crate::kernels::int4::{Int4Matrix, Scales};
 use crate::kernels::int8::Int8Matrix;
+use crate::storage::DType;
+use crate::transformer::head::{HeadFormat, StoredHead};
 
 /// Tensor names: values, then per-row (int8, f32) or per-group (int4, f16; f32 in files written
 /// before 2026-12) scales.
 pub const INT8: [&str; 2] = ["bit_ttt.head.int8.values", "bit_ttt.head.int8.scales"];
 pub const INT4: [&str; 2] = ["bit_ttt.head.int4.values", "bit_ttt.head.int4.scales"];
-
-/// A quantised head as loaded.
-#[derive(Debug, Clone)]
-pub enum StoredHead {
-    Int8(Int8Matrix),
-    Int4(Int4Matrix),
-}
-
-impl StoredHead {
-    pub fn format(&self) -> HeadFormat {
-        match self {
-            StoredHead::Int8(_) => HeadFormat::Int8,
-            StoredHead::Int4(_) => HeadFormat::Int4,
-        }
-    }
-
-    /// The bytes of stored tensor `i` of `layout`.
-    pub fn part_bytes(&self, i: usize) -> Cow<'_, [u8]> {
-        let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-        match (self, i) {
-            (StoredHead::Int8(m), 0) => Cow::Borrowed(&m.w[..]),
-            (StoredHead::Int8(m), _) => Cow::Owned(f32_bytes(&m.row_scale)),
-            (StoredHead::Int4(m), 0) => Cow::Borrowed(&m.nibbles[..]),
-            (StoredHead::Int4(m), _) => {
-                Cow::Owned(m.scales.iter().flat_map(|x| x.to_le_bytes()).collect())
-            }
-        }
-    }
-}
 
 /// The tensors (name, dtype, shape) that store a `[rows, cols]` head in `format`; none for the
 /// native head.
@@ -103,13 +73,4 @@ pub fn load(store: &TensorStore, rows: usize, cols: usize) -> Result<Vec<StoredH
         heads.push(StoredHead::Int4(m));
     }
     Ok(heads)
-}
-
-/// The checkpoint's head quantised to `format` (None for the native head).
-pub fn quantise(head: crate::kernels::dense::DenseView, format: HeadFormat) -> Option<StoredHead> {
-    match format {
-        HeadFormat::Native => None,
-        HeadFormat::Int8 => Some(StoredHead::Int8(Int8Matrix::from_dense(head))),
-        HeadFormat::Int4 => Some(StoredHead::Int4(Int4Matrix::from_dense(head))),
-    }
 }

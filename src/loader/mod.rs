@@ -1,23 +1,22 @@
 //! Reading a Hugging Face model folder: config.json, the safetensors file(s), and turning HF
 //! tensors into the engine's weights (ternary weights in every published encoding).
 
-pub mod bytes;
 pub mod estimate;
 pub mod heads;
 pub mod prepacked;
 pub mod safetensors;
-pub mod source;
 
 use std::collections::BTreeSet;
 
 use crate::config::{Config, Family, LinearClass, QuantMode};
 use crate::error::{Error, Result};
 use crate::kernels::packed::{PackedTernary, Packing};
-use crate::model::linear::{FloatMatrix, Linear, TernaryMatrix};
-use crate::model::{LayerWeights, Weights};
 use crate::quant;
-use safetensors::{DType, Tensor, TensorStore};
-pub use source::Source;
+use crate::storage::DType;
+pub use crate::storage::Source;
+use crate::transformer::linear::{FloatMatrix, Linear, TernaryMatrix};
+use crate::transformer::{LayerWeights, Weights};
+use safetensors::{Tensor, TensorStore};
 
 /// The safetensors files of a model: `model.safetensors.index.json` shards, or
 /// `model.safetensors`.

@@ -14,15 +14,17 @@ use std::sync::Arc;
 use safetensors::SafeTensors;
 use serde_json::{Value, json};
 
-use super::heads::{self, StoredHead};
-use super::safetensors::{DType, TensorStore};
-use super::source::{Source, map_file};
+use super::heads;
+use super::safetensors::TensorStore;
 use super::{build_linear, fingerprint, packed_name, projection_shape, weight_files};
-use crate::HeadFormat;
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
 use crate::kernels::packed::Packing;
-use crate::model::linear::Linear;
+use crate::storage::DType;
+use crate::storage::Source;
+use crate::storage::map_file;
+use crate::transformer::head::{HeadFormat, StoredHead, quantise};
+use crate::transformer::linear::Linear;
 
 /// Metadata key naming the format; its value is FORMAT, or FORMAT_BASE3 for a file whose
 /// ternary matrices are in the base-3 layout (`{module}.packed3`, which a reader of FORMAT
@@ -160,7 +162,7 @@ pub fn convert(src: &Path, out: &Path, head: HeadFormat, packing: Packing) -> Re
             dtype,
             shape,
             bytes: Box::new(move || {
-                let q = quantised.get_or_init(|| heads::quantise(head_matrix.view(), head));
+                let q = quantised.get_or_init(|| quantise(head_matrix.view(), head));
                 Ok(q.as_ref().expect("a quantised format").part_bytes(i))
             }),
         });

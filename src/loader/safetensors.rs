@@ -10,31 +10,8 @@ use std::sync::Arc;
 
 use safetensors::{Dtype, SafeTensors};
 
-use super::bytes::{Backing, Bytes};
 use crate::error::{Error, ErrorKind, Result};
-
-/// Element types the engine reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DType {
-    U8,
-    I8,
-    F16,
-    BF16,
-    F32,
-}
-
-impl DType {
-    pub fn size(self) -> usize {
-        match self {
-            DType::U8 | DType::I8 => 1,
-            DType::F16 | DType::BF16 => 2,
-            DType::F32 => 4,
-        }
-    }
-    pub fn is_float(self) -> bool {
-        matches!(self, DType::F16 | DType::BF16 | DType::F32)
-    }
-}
+use crate::storage::{Backing, Bytes, DType};
 
 /// One tensor: where it came from, its type and shape, and its bytes.
 #[derive(Debug, Clone)]
@@ -171,12 +148,6 @@ impl TensorStore {
         })
     }
 
-    pub fn len(&self) -> usize {
-        self.tensors.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.tensors.is_empty()
-    }
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.tensors.keys().map(String::as_str)
     }

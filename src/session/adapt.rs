@@ -5,7 +5,7 @@ use super::{ClearOnDrop, Session};
 use crate::TokenId;
 use crate::adapt::{self, AdaptParams, AdaptProgress, AdaptResult, Trainer};
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::kv_cache::KvCache;
+use crate::transformer::kv_cache::KvCache;
 
 impl Session {
     /// Trains the session's adapters on `text` (BOS added as the tokenizer adds it): windows

@@ -12,7 +12,7 @@ use tokenizers::{
 
 use super::bpe::CompactBpe;
 use crate::error::{Error, ErrorKind, Result};
-use crate::loader::Source;
+use crate::storage::Source;
 
 /// A token id.
 pub type TokenId = u32;

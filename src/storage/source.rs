@@ -2,13 +2,10 @@
 //! that ship models inside their own archives).
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use memmap2::Mmap;
-
-use super::bytes::Backing;
+use super::bytes::{Backing, map_file};
 use crate::error::{Error, ErrorKind, Result};
 
 /// A model folder, on disk or in memory (file name → bytes).
@@ -21,15 +18,6 @@ pub enum Source {
         file: PathBuf,
         texts: BTreeMap<String, Arc<Vec<u8>>>,
     },
-}
-
-/// Maps a whole file read-only.
-pub fn map_file(p: &Path) -> Result<Backing> {
-    let file = File::open(p).map_err(|e| Error::io(p, &e))?;
-    // SAFETY: the map is read-only; a checkpoint modified while mapped is outside the contract
-    // (as with every mmap-based loader), and every read is bounds-checked.
-    let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(p, &e))?;
-    Ok(Backing::Mapped(map, file))
 }
 
 impl Source {

@@ -6,8 +6,8 @@ use std::cell::OnceCell;
 use crate::kernels::dense::{self, DenseView};
 use crate::kernels::packed::{PackedTernary, QuantizedRows};
 use crate::kernels::{Kernel, pool};
-use crate::loader::bytes::Bytes;
-use crate::loader::safetensors::DType;
+use crate::storage::Bytes;
+use crate::storage::DType;
 
 /// A dense `[rows, cols]` matrix stored as f32, f16 or bf16 bytes (often memory-mapped).
 #[derive(Debug, Clone)]

@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use memmap2::Mmap;
 
+use crate::error::{Error, Result};
+
 /// Reads `out.len()` bytes of `file` at `offset`.
 fn read_at(file: &File, out: &mut [u8], offset: u64) -> std::io::Result<()> {
     #[cfg(unix)]
@@ -34,6 +36,15 @@ fn read_at(file: &File, out: &mut [u8], offset: u64) -> std::io::Result<()> {
         let _ = (file, out, offset);
         Err(std::io::ErrorKind::Unsupported.into())
     }
+}
+
+/// Maps a whole file read-only.
+pub fn map_file(p: &std::path::Path) -> Result<Backing> {
+    let file = File::open(p).map_err(|e| Error::io(p, &e))?;
+    // SAFETY: the map is read-only; a checkpoint modified while mapped is outside the contract
+    // (as with every mmap-based loader), and every read is bounds-checked.
+    let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(p, &e))?;
+    Ok(Backing::Mapped(map, file))
 }
 
 /// The whole content of one weights file.
@@ -157,7 +168,7 @@ mod tests {
         let path = dir.path().join("t.bin");
         let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
         std::fs::write(&path, &data).unwrap();
-        let file = Arc::new(crate::loader::source::map_file(&path).unwrap());
+        let file = Arc::new(map_file(&path).unwrap());
         let bytes = Bytes::Shared {
             file,
             range: 1000..9000,

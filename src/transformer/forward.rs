@@ -1,19 +1,19 @@
 //! The forward pass: embeddings → blocks (causal GQA attention with a KV cache, GLU feed-forward)
 //! → final norm → output head. A prompt is processed as one batch of tokens.
 
+use super::head::HeadFormat;
+use super::head::{StoredHead, quantise};
 use super::kv_cache::{Heads, KvCache};
 use super::linear::{Activations, Linear};
-use super::lora::{Adapters, Lora};
+use super::lora::{Adapters, Lora, lora_forward};
 use super::rope::Rope;
 use super::tape::{LayerTape, Tape};
 use super::{LayerWeights, Weights};
-use crate::HeadFormat;
 use crate::config::Activation;
 use crate::error::{Error, Result};
 use crate::kernels::attention;
 use crate::kernels::{Kernel, dense, pool, scalar};
 use crate::kernels::{int4, int8};
-use crate::loader::heads::{self, StoredHead};
 
 /// Rows of a feed-forward slice when nothing is recorded for `adapt`.
 const FFN_ROWS: usize = 64;
@@ -66,7 +66,7 @@ impl Transformer {
         let stored = std::mem::take(&mut weights.stored_heads);
         let head_quant = match stored.into_iter().find(|h| h.format() == head) {
             Some(h) => Some(h),
-            None => heads::quantise(weights.head().view(), head),
+            None => quantise(weights.head().view(), head),
         };
         // Looked up row by row only, unless it is also the head in use.
         weights.embed.read_rows = head_quant.is_some() || weights.lm_head.is_some();
@@ -150,7 +150,7 @@ impl Transformer {
         }
         for (((_, lora), out), keep) in layers.iter().zip(outs.iter_mut()).zip(keep_u) {
             if let Some(lora) = lora {
-                let u = crate::adapt::ops::lora_forward(
+                let u = lora_forward(
                     &lora.a,
                     &lora.b,
                     lora.a.len() / lora.cols,
@@ -477,24 +477,6 @@ impl Transformer {
                 .for_each(|h| scalar::rope_half_split(h, &cos, &sin));
             kt.chunks_exact_mut(d)
                 .for_each(|h| scalar::rope_half_split(h, &cos, &sin));
-        }
-    }
-
-    /// The transpose of `apply_rope` on gradients of q and k at positions `start..`.
-    pub fn rope_backward(&self, dq: &mut [f32], dk: &mut [f32], start: usize) {
-        let cfg = &self.weights.config;
-        let d = cfg.head_dim;
-        let mut cos = vec![0.0; self.rope.half_dim()];
-        let mut sin = vec![0.0; self.rope.half_dim()];
-        for (t, (qt, kt)) in dq
-            .chunks_exact_mut(cfg.q_dim())
-            .zip(dk.chunks_exact_mut(cfg.kv_dim()))
-            .enumerate()
-        {
-            self.rope.cos_sin(start + t, &mut cos, &mut sin);
-            qt.chunks_exact_mut(d)
-                .chain(kt.chunks_exact_mut(d))
-                .for_each(|h| crate::adapt::ops::rope_backward(h, &cos, &sin));
         }
     }
 

@@ -2,11 +2,17 @@
 //! session, never to the shared model. B starts at zero, so a fresh adapter changes nothing
 //! (the added term is exactly 0.0).
 
-use crate::sampling::Rng;
+use std::ops::AddAssign;
+
+use num_traits::Float;
+
+use crate::kernels::scalar;
+use crate::rng::Rng;
 
 use super::Weights;
 
 /// Projection names in the order adapters, gradients and saved states list them.
+#[cfg(test)]
 pub const PROJECTIONS: [&str; 7] = [
     "q_proj",
     "k_proj",
@@ -117,4 +123,50 @@ impl Adapters {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// f32 for the engine, f64 for the finite-difference tests.
+pub trait Real: Float + AddAssign + Send + Sync + 'static {
+    fn dot(a: &[Self], b: &[Self]) -> Self;
+}
+
+impl Real for f32 {
+    fn dot(a: &[f32], b: &[f32]) -> f32 {
+        scalar::dot(a, b)
+    }
+}
+
+impl Real for f64 {
+    fn dot(a: &[f64], b: &[f64]) -> f64 {
+        a.iter().zip(b).map(|(x, y)| x * y).sum()
+    }
+}
+
+/// `out[t] += scale · B·(A·x[t])` and returns `u = A·x` `[n, rank]` for the backward pass.
+/// `a` is `[rank, cols]`, `b` is `[rows, rank]`.
+pub fn lora_forward<F: Real>(
+    a: &[F],
+    b: &[F],
+    rank: usize,
+    scale: F,
+    x: &[F],
+    out: &mut [F],
+) -> Vec<F> {
+    let cols = a.len() / rank;
+    let rows = b.len() / rank;
+    let n = x.len() / cols;
+    let mut u = vec![F::zero(); n * rank];
+    for t in 0..n {
+        let xt = &x[t * cols..][..cols];
+        for j in 0..rank {
+            let aj = &a[j * cols..][..cols];
+            u[t * rank + j] = F::dot(aj, xt);
+        }
+        let ut = &u[t * rank..][..rank];
+        for r in 0..rows {
+            let br = &b[r * rank..][..rank];
+            out[t * rows + r] += scale * F::dot(br, ut);
+        }
+    }
+    u
 }

@@ -1,6 +1,7 @@
 //! The transformer: weights as loaded, and the forward pass over a KV cache.
 
 pub mod forward;
+pub mod head;
 pub mod kv_cache;
 pub mod linear;
 pub mod lora;
@@ -46,7 +47,7 @@ pub struct Weights {
     /// `None` when the head is tied to the embedding.
     pub lm_head: Option<FloatMatrix>,
     /// Quantised copies of the head found with the weights (a pre-packed file may hold them).
-    pub stored_heads: Vec<crate::loader::heads::StoredHead>,
+    pub stored_heads: Vec<head::StoredHead>,
 }
 
 impl Weights {

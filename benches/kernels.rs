@@ -10,7 +10,7 @@
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use half::f16;
 
-use bit_ttt::__internal::kernels::Kernel;
+use bit_ttt::__internal::kernels::Isa;
 use bit_ttt::__internal::kernels::attention;
 use bit_ttt::__internal::kernels::dense::DenseView;
 use bit_ttt::__internal::kernels::int4::{self, Int4Matrix};
@@ -37,9 +37,9 @@ fn floats(n: usize, seed: u64) -> Vec<f32> {
 
 /// Each kernel on the 2-bit layout, and the kernels that read base-3 fast on that one too
 /// (named `<kernel>_base3`). Throughput in weights, so that the layouts compare.
-fn kernels_and_layouts() -> Vec<(Kernel, Packing, String)> {
+fn kernels_and_layouts() -> Vec<(Isa, Packing, String)> {
     let mut v = Vec::new();
-    for k in Kernel::available() {
+    for k in Isa::available() {
         v.push((k, Packing::Bits2, k.name().to_string()));
         if k.packing() == Packing::Base3 {
             v.push((k, Packing::Base3, format!("{}_base3", k.name())));
@@ -56,13 +56,13 @@ fn ternary_decode(c: &mut Criterion) {
     ] {
         let t: Vec<i8> = noise(rows * cols, 1).map(|x| (x % 3) as i8 - 1).collect();
         let hf = bit_ttt::__internal::quant::pack_ternary(&t, rows, cols);
-        let x = QuantizedRows::new(&floats(cols, 2), 1);
+        let x = QuantizedRows::new(Isa::best().kernels(), &floats(cols, 2), 1);
         let mut acc = vec![0i32; rows];
         g.throughput(Throughput::Elements((rows * cols) as u64));
         for (k, packing, id) in kernels_and_layouts() {
             let w = PackedTernary::from_hf_as(&hf, rows, cols, packing);
             g.bench_with_input(BenchmarkId::new(name, id), &k, |b, &k| {
-                b.iter(|| k.ternary_gemm(&w, &x, &mut acc))
+                b.iter(|| k.kernels().ternary_gemm(&w, &x, &mut acc))
             });
         }
     }
@@ -76,7 +76,7 @@ fn ternary_decode_from_memory(c: &mut Criterion) {
     let t: Vec<i8> = noise(rows * cols, 8).map(|x| (x % 3) as i8 - 1).collect();
     let hf = bit_ttt::__internal::quant::pack_ternary(&t, rows, cols);
     drop(t);
-    let x = QuantizedRows::new(&floats(cols, 9), 1);
+    let x = QuantizedRows::new(Isa::best().kernels(), &floats(cols, 9), 1);
     let mut acc = vec![0i32; rows];
     let mut g = c.benchmark_group("ternary_gemv_133MB");
     g.sample_size(20);
@@ -86,12 +86,12 @@ fn ternary_decode_from_memory(c: &mut Criterion) {
         let pool = Pool::new(threads).expect("thread pool");
         for (k, packing, name) in kernels_and_layouts()
             .into_iter()
-            .filter(|(k, ..)| *k != Kernel::Portable)
+            .filter(|(k, ..)| *k != Isa::Portable)
         {
             let w = PackedTernary::from_hf_as(&hf, rows, cols, packing);
             let id = format!("{name}_{threads}t");
             g.bench_with_input(BenchmarkId::from_parameter(id), &k, |b, &k| {
-                b.iter(|| pool.install(|| k.ternary_gemm(&w, &x, &mut acc)))
+                b.iter(|| pool.install(|| k.kernels().ternary_gemm(&w, &x, &mut acc)))
             });
         }
         if all == 1 {
@@ -108,7 +108,7 @@ fn ternary_decode_layers(c: &mut Criterion) {
     let mut g = c.benchmark_group("ternary_gemv_30_layers");
     g.sample_size(20);
     let all = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let k = Kernel::available().pop().expect("a kernel");
+    let k = Isa::available().pop().expect("a kernel");
     let mut layouts = vec![(Packing::Bits2, k.name().to_string())];
     if k.packing() == Packing::Base3 {
         layouts.push((Packing::Base3, format!("{}_base3", k.name())));
@@ -126,7 +126,7 @@ fn ternary_decode_layers(c: &mut Criterion) {
                 PackedTernary::from_hf_as(&hf, rows, cols, packing)
             })
             .collect();
-        let x = QuantizedRows::new(&floats(cols, 9), 1);
+        let x = QuantizedRows::new(Isa::best().kernels(), &floats(cols, 9), 1);
         let mut acc = vec![0i32; rows];
         g.throughput(Throughput::Elements((30 * rows * cols) as u64));
         for threads in [1, all] {
@@ -136,7 +136,7 @@ fn ternary_decode_layers(c: &mut Criterion) {
                 b.iter(|| {
                     pool.install(|| {
                         for w in &layers {
-                            k.ternary_gemm(w, &x, &mut acc)
+                            k.kernels().ternary_gemm(w, &x, &mut acc)
                         }
                     })
                 })
@@ -157,32 +157,32 @@ fn attention_decode(c: &mut Criterion) {
     let v16: Vec<f16> = v32.iter().map(|&x| f16::from_f32(x)).collect();
     let p = vec![1.0 / n as f32; heads * n];
     let mut g = c.benchmark_group("attention_576");
-    for k in Kernel::available() {
+    for k in Isa::available() {
         let mut s = vec![0.0f32; heads * n];
         let mut o = vec![0.0f32; heads * d];
         g.bench_function(BenchmarkId::new("f32", k.name()), |b| {
             b.iter(|| {
-                attention::scores(k, &q, d, &k32, 0.1, &mut s);
-                attention::weighted_sum(k, &p, &v32, d, &mut o);
+                attention::scores(k.kernels(), &q, d, &k32, 0.1, &mut s);
+                attention::weighted_sum(k.kernels(), &p, &v32, d, &mut o);
             })
         });
         g.bench_function(BenchmarkId::new("f32_scores", k.name()), |b| {
-            b.iter(|| attention::scores(k, &q, d, &k32, 0.1, &mut s))
+            b.iter(|| attention::scores(k.kernels(), &q, d, &k32, 0.1, &mut s))
         });
         g.bench_function(BenchmarkId::new("f32_values", k.name()), |b| {
-            b.iter(|| attention::weighted_sum(k, &p, &v32, d, &mut o))
+            b.iter(|| attention::weighted_sum(k.kernels(), &p, &v32, d, &mut o))
         });
         g.bench_function(BenchmarkId::new("f16", k.name()), |b| {
             b.iter(|| {
-                attention::scores(k, &q, d, &k16, 0.1, &mut s);
-                attention::weighted_sum(k, &p, &v16, d, &mut o);
+                attention::scores(k.kernels(), &q, d, &k16, 0.1, &mut s);
+                attention::weighted_sum(k.kernels(), &p, &v16, d, &mut o);
             })
         });
         g.bench_function(BenchmarkId::new("f16_scores", k.name()), |b| {
-            b.iter(|| attention::scores(k, &q, d, &k16, 0.1, &mut s))
+            b.iter(|| attention::scores(k.kernels(), &q, d, &k16, 0.1, &mut s))
         });
         g.bench_function(BenchmarkId::new("f16_values", k.name()), |b| {
-            b.iter(|| attention::weighted_sum(k, &p, &v16, d, &mut o))
+            b.iter(|| attention::weighted_sum(k.kernels(), &p, &v16, d, &mut o))
         });
     }
 }
@@ -194,11 +194,11 @@ fn softmax_640(c: &mut Criterion) {
         .map(|v| v * 8.0)
         .collect::<Vec<f32>>();
     let mut g = c.benchmark_group("softmax_640");
-    for k in Kernel::available() {
+    for k in Isa::available() {
         g.bench_function(BenchmarkId::from_parameter(k.name()), |b| {
             b.iter(|| {
                 let mut y = x.clone();
-                attention::softmax(k, &mut y);
+                attention::softmax(k.kernels(), &mut y);
                 y
             })
         });
@@ -225,14 +225,15 @@ fn attention_all_layers(c: &mut Criterion) {
     let mut g = c.benchmark_group("attention_30_layers_640_f16");
     g.sample_size(20);
     g.throughput(Throughput::Bytes((cache.len() * 2 * n * d * 2) as u64));
-    for k in Kernel::available() {
+    for k in Isa::available() {
         let (mut s, mut o) = (vec![0.0f32; group * n], vec![0.0f32; group * d]);
         g.bench_function(BenchmarkId::from_parameter(k.name()), |b| {
             b.iter(|| {
                 for (kc, vc) in &cache {
-                    attention::scores(k, &q, d, kc, 0.1, &mut s);
-                    s.chunks_exact_mut(n).for_each(|r| attention::softmax(k, r));
-                    attention::weighted_sum(k, &s, vc, d, &mut o);
+                    attention::scores(k.kernels(), &q, d, kc, 0.1, &mut s);
+                    s.chunks_exact_mut(n)
+                        .for_each(|r| attention::softmax(k.kernels(), r));
+                    attention::weighted_sum(k.kernels(), &s, vc, d, &mut o);
                 }
             })
         });
@@ -257,14 +258,14 @@ fn head_decode(c: &mut Criterion) {
     let x = floats(cols, 7);
     let mut out = vec![0.0f32; rows];
     let mut g = c.benchmark_group("head_16384x2560");
-    for k in Kernel::available() {
+    for k in Isa::available() {
         g.throughput(Throughput::Bytes(m8.bytes() as u64));
         g.bench_function(BenchmarkId::new("int8", k.name()), |b| {
-            b.iter(|| int8::gemm(k, &m8, &x, 1, &mut out))
+            b.iter(|| int8::gemm(k.kernels(), &m8, &x, 1, &mut out))
         });
         g.throughput(Throughput::Bytes(m4.bytes() as u64));
         g.bench_function(BenchmarkId::new("int4", k.name()), |b| {
-            b.iter(|| int4::gemm(k, &m4, &x, 1, &mut out))
+            b.iter(|| int4::gemm(k.kernels(), &m4, &x, 1, &mut out))
         });
     }
 }

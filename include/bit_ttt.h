@@ -115,9 +115,9 @@
 #define BLOCK_BYTES 64
 
 /**
- * A ternary matrix-product implementation.
+ * The instruction set the kernels run with (each has a `Kernels` table).
  */
-typedef struct Kernel Kernel;
+typedef struct Isa Isa;
 
 /**
  * How the cache stores keys and values.

@@ -48,7 +48,7 @@ pub use adapt::{AdaptParams, AdaptProgress, AdaptResult, windows as adapt_window
 pub use config::{Config, Family};
 pub use device::Device;
 pub use error::{Error, ErrorKind, Result};
-pub use kernels::Kernel;
+pub use kernels::Isa;
 pub use kernels::packed::Packing;
 pub use loader::estimate::MemoryEstimate;
 pub use model::{

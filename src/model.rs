@@ -11,7 +11,7 @@ use crate::config::{self, Config};
 use crate::cuda;
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::kernels;
+use crate::kernels::{self, Isa};
 use crate::loader::{self, estimate::MemoryEstimate};
 use crate::log;
 use crate::storage;
@@ -31,7 +31,7 @@ pub struct ModelParams {
     /// Worker threads for this model's compute; 0 = one per available core.
     pub n_threads: usize,
     /// The ternary kernel; `None` = BIT_TTT_KERNEL if set, else the fastest this CPU runs.
-    pub kernel: Option<kernels::Kernel>,
+    pub kernel: Option<Isa>,
     /// Which copy of the output head computes the logits (a quantised copy reads fewer bytes
     /// per token, for a small accuracy cost; the original is then kept for nothing else).
     pub head: HeadFormat,
@@ -124,7 +124,7 @@ impl Model {
     /// `print` overrides the fingerprint (a pre-packed file carries its checkpoint's, so that
     /// session states move between the two forms of one model).
     fn load_source(src: Source, print: Option<u64>, params: &ModelParams) -> Result<Model> {
-        let kernel = kernels::Kernel::select(params.kernel)?;
+        let kernel = Isa::select(params.kernel)?;
         // Loading repacks and quantises in parallel on the model's own threads.
         let pool = kernels::pool::Pool::new(params.n_threads)
             .map_err(|e| Error::internal(format!("thread pool: {e}")))?;
@@ -165,7 +165,7 @@ impl Model {
                 pool.n_threads()
             )
         });
-        let transformer = pool.install(|| Transformer::new(weights, kernel, params.head));
+        let transformer = pool.install(|| Transformer::new(weights, kernel.kernels(), params.head));
         #[cfg(feature = "cuda")]
         let gpu = gpu_for(&transformer, params)?;
         #[cfg(not(feature = "cuda"))]
@@ -206,9 +206,15 @@ impl Model {
     pub fn stop_tokens(&self) -> &[TokenId] {
         &self.0.stop_tokens
     }
-    /// The ternary kernel the model computes with.
-    pub fn kernel(&self) -> kernels::Kernel {
-        self.0.transformer.kernel()
+    /// The instruction set the model computes with.
+    pub fn kernel(&self) -> Isa {
+        self.0.transformer.kernel().isa
+    }
+
+    /// (operation, function) for every CPU operation: the dispatch table the model was loaded
+    /// with, as `bit-ttt info` prints it.
+    pub fn kernel_table(&self) -> Vec<(&'static str, &'static str)> {
+        self.0.transformer.kernel().describe()
     }
     /// Which copy of the output head computes the logits.
     pub fn head_format(&self) -> HeadFormat {
@@ -403,7 +409,7 @@ pub fn convert_with_head(
     out: impl AsRef<Path>,
     head: HeadFormat,
 ) -> Result<loader::prepacked::ConvertStats> {
-    convert_with(src, out, head, kernels::Kernel::best().packing())
+    convert_with(src, out, head, Isa::best().packing())
 }
 
 /// `convert_with_head`, with the ternary matrices in `packing` rather than in the layout of

@@ -2,11 +2,11 @@
 //! asks both the CPU kernels and the CUDA backend, so it sits above both.
 
 use crate::error::{Error, Result};
-use crate::kernels::{self, Kernel, pool};
+use crate::kernels::{self, Isa, pool};
 
 /// One line per fact: library version, CPU features, kernels available and the default.
 pub fn system_info() -> String {
-    let default = Kernel::select(None).map_or_else(
+    let default = Isa::select(None).map_or_else(
         |e| format!("error: {e}"),
         |k| format!("{} (weights {})", k.name(), k.packing().name()),
     );
@@ -15,7 +15,7 @@ pub fn system_info() -> String {
         env!("CARGO_PKG_VERSION"),
         std::env::consts::ARCH,
         kernels::cpu_features().join(" "),
-        Kernel::available()
+        Isa::available()
             .iter()
             .map(|k| k.name())
             .collect::<Vec<_>>()

@@ -6,7 +6,7 @@
 
 use std::sync::LazyLock;
 
-use bit_ttt::__internal::kernels::Kernel;
+use bit_ttt::__internal::kernels::Isa;
 use bit_ttt::__internal::kernels::packed::{DIGITS, PackedTernary, Packing, QuantizedRows};
 use bit_ttt::__internal::kernels::pool::Pool;
 use bit_ttt::__internal::kernels::scalar;
@@ -37,8 +37,8 @@ fn check_all_kernels(
         for threads in 1..=3 {
             let mut got = vec![0i32; rows * n_tok];
             match threads {
-                1 => k.ternary_gemm(&packed, &x, &mut got),
-                n => POOLS[n - 2].install(|| k.ternary_gemm(&packed, &x, &mut got)),
+                1 => k.kernels().ternary_gemm(&packed, &x, &mut got),
+                n => POOLS[n - 2].install(|| k.kernels().ternary_gemm(&packed, &x, &mut got)),
             }
             for r in 0..rows {
                 for tok in 0..n_tok {
@@ -61,8 +61,8 @@ fn check_all_kernels(
 
 /// Every kernel this CPU runs with both layouts (a kernel given the layout it does not read
 /// fast runs the portable loop over it).
-fn kernels_and_packings() -> Vec<(Kernel, Packing)> {
-    Kernel::available()
+fn kernels_and_packings() -> Vec<(Isa, Packing)> {
+    Isa::available()
         .into_iter()
         .flat_map(|k| [(k, Packing::Bits2), (k, Packing::Base3)])
         .collect()
@@ -116,7 +116,7 @@ fn check_transposed(
     for (k, packing) in kernels_and_packings() {
         let packed = PackedTernary::from_hf_as(&hf, rows, cols, packing);
         let mut got = dx0.to_vec();
-        k.ternary_gemm_t(&packed, dy, n_tok, &mut got);
+        k.kernels().ternary_gemm_t(&packed, dy, n_tok, &mut got);
         let same = got
             .iter()
             .zip(&want)
@@ -221,12 +221,12 @@ fn every_base3_byte_reads_as_its_digits() {
                 want[r * n_tok + t] = sum;
             }
         }
-        for k in Kernel::available() {
+        for k in Isa::available() {
             for threads in 1..=2 {
                 let mut got = vec![0i32; rows * n_tok];
                 match threads {
-                    1 => k.ternary_gemm(&packed, &x, &mut got),
-                    _ => POOLS[0].install(|| k.ternary_gemm(&packed, &x, &mut got)),
+                    1 => k.kernels().ternary_gemm(&packed, &x, &mut got),
+                    _ => POOLS[0].install(|| k.kernels().ternary_gemm(&packed, &x, &mut got)),
                 }
                 assert_eq!(
                     got,
@@ -241,18 +241,13 @@ fn every_base3_byte_reads_as_its_digits() {
 
 #[test]
 fn kernels_are_detected_and_named() {
-    let avail = Kernel::available();
-    assert_eq!(avail[0], Kernel::Portable);
-    assert!(avail.contains(&Kernel::best()));
-    for k in Kernel::ALL {
-        assert_eq!(Kernel::parse(k.name()).unwrap(), k);
+    let avail = Isa::available();
+    assert_eq!(avail[0], Isa::Portable);
+    assert!(avail.contains(&Isa::best()));
+    for k in Isa::ALL {
+        assert_eq!(Isa::parse(k.name()).unwrap(), k);
     }
-    assert!(
-        Kernel::parse("sse9")
-            .unwrap_err()
-            .message()
-            .contains("sse9")
-    );
+    assert!(Isa::parse("sse9").unwrap_err().message().contains("sse9"));
     let names: Vec<&str> = avail.iter().map(|k| k.name()).collect();
     println!("kernels on this CPU: {names:?}");
     // Under emulation the test script states which kernels the emulated CPU must offer, so a

@@ -6,7 +6,7 @@ use common::parity_cases;
 
 use std::path::Path;
 
-use bit_ttt::__internal::kernels::Kernel;
+use bit_ttt::__internal::kernels::Isa;
 use bit_ttt::{GenerateParams, Model, ModelParams, SamplingParams, Session, SessionParams};
 use serde_json::Value;
 
@@ -48,11 +48,11 @@ fn ids(v: &Value) -> Vec<u32> {
 }
 
 /// Every kernel this CPU runs, each checked against the same references.
-fn kernels() -> Vec<Kernel> {
-    Kernel::available()
+fn kernels() -> Vec<Isa> {
+    Isa::available()
 }
 
-fn load_with(name: &str, dir: &Path, kernel: Kernel) -> (Model, Session) {
+fn load_with(name: &str, dir: &Path, kernel: Isa) -> (Model, Session) {
     let params = ModelParams {
         kernel: Some(kernel),
         ..Default::default()
@@ -186,7 +186,7 @@ fn greedy_continuations_match_transformers() {
 #[test]
 fn chat_template_renders_as_transformers() {
     for (name, dir, refs) in parity_cases() {
-        let (model, _) = load_with(name, &dir, Kernel::best());
+        let (model, _) = load_with(name, &dir, Isa::best());
         let (json, _) = reference(&refs);
         let chat = &json["chat"];
         let messages: Vec<bit_ttt::ChatMessage> = chat["messages"]

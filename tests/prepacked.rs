@@ -71,7 +71,7 @@ fn converted_files_give_identical_logits_and_share_state() {
 /// by name.
 #[test]
 fn both_layouts_load_on_every_kernel_with_the_same_logits() {
-    use bit_ttt::__internal::kernels::Kernel;
+    use bit_ttt::__internal::kernels::Isa;
     use bit_ttt::__internal::kernels::packed::Packing;
     let tmp = tempfile::TempDir::new().unwrap();
     for name in ["bitnet_packed_auto", "llama_packed_sharded"] {
@@ -81,7 +81,7 @@ fn both_layouts_load_on_every_kernel_with_the_same_logits() {
             kernel: Some(kernel),
             ..Default::default()
         };
-        let want: Vec<Vec<f32>> = Kernel::available()
+        let want: Vec<Vec<f32>> = Isa::available()
             .into_iter()
             .map(|k| logits(&Model::load(&dir, &params(k)).unwrap(), &ids))
             .collect();
@@ -94,7 +94,7 @@ fn both_layouts_load_on_every_kernel_with_the_same_logits() {
                 Packing::Base3 => "packed-v2",
             };
             assert!(text.contains(format), "{name} {}: {format}", packing.name());
-            for (kernel, want) in Kernel::available().into_iter().zip(&want) {
+            for (kernel, want) in Isa::available().into_iter().zip(&want) {
                 let m = Model::load(&out, &params(kernel)).unwrap();
                 assert_eq!(
                     &logits(&m, &ids),

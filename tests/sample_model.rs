@@ -5,7 +5,7 @@
 mod common;
 use common::sample_model;
 
-use bit_ttt::__internal::kernels::Kernel;
+use bit_ttt::__internal::kernels::Isa;
 use bit_ttt::{HeadFormat, KvType, Model, ModelParams, Session, SessionParams};
 
 /// Tokens scored per held-out document: the training context, as in tools/train_sample.py's
@@ -63,7 +63,7 @@ fn heldout_perplexity_kv(model: &Model, docs: usize, kv_cache: KvType) -> f64 {
     (sum / count as f64).exp()
 }
 
-fn load(kernel: Option<Kernel>) -> Model {
+fn load(kernel: Option<Isa>) -> Model {
     let params = ModelParams {
         kernel,
         ..Default::default()
@@ -185,7 +185,7 @@ fn every_kernel_gives_the_same_heldout_perplexity() {
     // is slow in debug builds) every kernel must give the fastest one's figure.
     const DOCS: usize = 3;
     let reference = heldout_perplexity(&load(None), DOCS);
-    for kernel in Kernel::available() {
+    for kernel in Isa::available() {
         let ppl = heldout_perplexity(&load(Some(kernel)), DOCS);
         println!("{kernel:?}: perplexity {ppl:.4} on {DOCS} documents");
         assert!(

@@ -120,7 +120,7 @@ impl ModelArgs {
         let kernel = self
             .kernel
             .as_deref()
-            .map(bit_ttt::Kernel::parse)
+            .map(bit_ttt::Isa::parse)
             .transpose()?;
         let model = Model::load(
             model_path(&self.model)?,
@@ -423,6 +423,7 @@ fn info(a: &InfoArgs) -> bit_ttt::Result<()> {
                 "threads": model.n_threads(),
                 "kernel": model.kernel().name(),
                 "packing": model.kernel().packing().name(),
+                "kernel_table": model.kernel_table().into_iter().map(|(op, f)| (op.to_string(), json!(f))).collect::<serde_json::Map<_, _>>(),
                 "device": model.device(),
             })
         );
@@ -457,13 +458,17 @@ fn info(a: &InfoArgs) -> bit_ttt::Result<()> {
         model.kernel().name(),
         model.kernel().packing().name()
     );
+    println!("kernel table (operation: function)");
+    for (op, f) in model.kernel_table() {
+        println!("  {op:30} {f}");
+    }
     Ok(())
 }
 
 /// `--packing`: a layout's name, or `auto` for this CPU's fastest kernel's.
 fn packing(name: &str) -> bit_ttt::Result<Packing> {
     match name {
-        "auto" => Ok(bit_ttt::Kernel::best().packing()),
+        "auto" => Ok(bit_ttt::Isa::best().packing()),
         _ => Packing::parse(name).ok_or_else(|| {
             bit_ttt::Error::invalid_argument(format!(
                 "unknown packing `{name}` (known: auto, 2bit, base3)"
@@ -516,11 +521,7 @@ fn bench_each_in_a_process(threads: &[usize]) -> bit_ttt::Result<()> {
 }
 
 fn bench(a: &BenchArgs) -> bit_ttt::Result<()> {
-    let kernel = a
-        .kernel
-        .as_deref()
-        .map(bit_ttt::Kernel::parse)
-        .transpose()?;
+    let kernel = a.kernel.as_deref().map(bit_ttt::Isa::parse).transpose()?;
     if a.prompt_tokens == 0 || a.gen_tokens < 2 {
         return Err(bit_ttt::Error::invalid_argument(
             "--prompt-tokens must be >= 1 and --gen-tokens >= 2",

@@ -2,19 +2,18 @@
 //! differences, identity of a fresh adapter and of lr = 0, and the loss falling step by step.
 
 use super::*;
-use crate::kernels::Kernel;
+use crate::kernels::Isa;
 use crate::loader;
 use crate::storage::Source;
 
-fn transformer(name: &str, kernel: Kernel) -> Transformer {
+fn transformer(name: &str, kernel: Isa) -> Transformer {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name);
-    let (weights, _) =
-        loader::load_weights(&Source::Dir(dir), crate::kernels::Kernel::best().packing()).unwrap();
+    let (weights, _) = loader::load_weights(&Source::Dir(dir), Isa::best().packing()).unwrap();
     Transformer::new(
         weights,
-        kernel,
+        kernel.kernels(),
         crate::transformer::head::HeadFormat::Native,
     )
 }
@@ -49,7 +48,7 @@ fn loss(tf: &Transformer, cache: &KvCache, adapters: &Adapters, window: &[u32]) 
 }
 
 fn gradient_check(name: &str) {
-    let tf = transformer(name, Kernel::Portable).with_float_activations();
+    let tf = transformer(name, Isa::Portable).with_float_activations();
     let cfg = tf.weights.config.clone();
     let p = AdaptParams {
         rank: 3,
@@ -154,7 +153,7 @@ fn adapter_gradients_match_finite_differences_llama() {
 
 #[test]
 fn fresh_adapters_and_zero_learning_rate_change_nothing() {
-    for kernel in Kernel::available() {
+    for kernel in Isa::available() {
         let tf = transformer("bitnet_packed_auto", kernel);
         let cfg = tf.weights.config.clone();
         let text = tokens(cfg.vocab_size, 40, 3);
@@ -192,7 +191,7 @@ fn fresh_adapters_and_zero_learning_rate_change_nothing() {
 
 #[test]
 fn training_lowers_the_loss_step_by_step() {
-    let tf = transformer("bitnet_packed_auto", Kernel::best());
+    let tf = transformer("bitnet_packed_auto", Isa::best());
     let cfg = tf.weights.config.clone();
     let text = tokens(cfg.vocab_size, 48, 11);
     let p = AdaptParams {

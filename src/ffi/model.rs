@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::boundary::{call, handle, out_struct, versioned_params, write_out};
 use super::status::*;
 use super::strings::{bit_ttt_string, bytes_in, path_in, slice_in, str_in, string_in};
-use crate::Kernel;
+use crate::Isa;
 use crate::{HeadFormat, Model, ModelParams};
 
 /// A loaded model: immutable, usable from any thread, shared by sessions. Reference counted:
@@ -73,7 +73,7 @@ impl bit_ttt_model_params {
         let kernel = if name.is_empty() {
             None
         } else {
-            Some(Kernel::parse(&name)?)
+            Some(Isa::parse(&name)?)
         };
         let head = string_in(&self.head, "head")?;
         let head = if !head.is_empty() {

@@ -6,7 +6,7 @@
 //! Heads of one group are computed together so that each key and value row is loaded once for
 //! all of them.
 
-use super::{Kernel, scalar};
+use super::{Kernels, Scores, Values, scalar};
 
 /// How the KV cache stores a value: f32, or f16 widened exactly to f32 before use (so an f16
 /// cache computes what an f32 cache holding the rounded values would).
@@ -15,6 +15,9 @@ pub trait Element: Copy + Send + Sync + 'static {
     fn to_f32(self) -> f32;
     /// The nearest value of this type.
     fn from_f32(x: f32) -> Self;
+    /// The table's attention loops over this type.
+    fn scores(k: &Kernels) -> Scores<Self>;
+    fn values(k: &Kernels) -> Values<Self>;
 }
 
 impl Element for f32 {
@@ -24,6 +27,12 @@ impl Element for f32 {
     }
     fn from_f32(x: f32) -> Self {
         x
+    }
+    fn scores(k: &Kernels) -> Scores<f32> {
+        k.scores_f32.run
+    }
+    fn values(k: &Kernels) -> Values<f32> {
+        k.values_f32.run
     }
 }
 
@@ -35,14 +44,12 @@ impl Element for half::f16 {
     fn from_f32(x: f32) -> Self {
         half::f16::from_f32(x)
     }
-}
-
-/// Whether the AVX2 loops can read `T` here.
-#[cfg(target_arch = "x86_64")]
-fn avx2_for<T: Element>(kernel: Kernel) -> bool {
-    kernel != Kernel::Portable
-        && std::arch::is_x86_feature_detected!("avx2")
-        && (!T::F16 || std::arch::is_x86_feature_detected!("f16c"))
+    fn scores(k: &Kernels) -> Scores<half::f16> {
+        k.scores_f16.run
+    }
+    fn values(k: &Kernels) -> Values<half::f16> {
+        k.values_f16.run
+    }
 }
 
 fn widen<T: Element>(x: &[T], out: &mut Vec<f32>) {
@@ -54,7 +61,7 @@ fn widen<T: Element>(x: &[T], out: &mut Vec<f32>) {
 /// `out[g * n + j] = (q_g · K_j) · scale`, with n = `out.len()` / heads and key j at
 /// `k[j * d..][..d]`.
 pub fn scores<T: Element>(
-    kernel: Kernel,
+    kernels: &Kernels,
     q: &[f32],
     d: usize,
     k: &[T],
@@ -69,21 +76,19 @@ pub fn scores<T: Element>(
     assert!(out.len().is_multiple_of(heads), "attention scores: output");
     let n = out.len() / heads;
     assert!(n * d <= k.len(), "attention scores: keys");
-    #[cfg(target_arch = "x86_64")]
-    if kernel == Kernel::Avx512Vnni {
-        // SAFETY: the kernel was selected only where AVX-512 F runs (it implies AVX2 and F16C);
-        // every key lies within `k` (asserted above).
-        unsafe { x86::scores_avx512(q, d, k, scale, out) };
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if avx2_for::<T>(kernel) {
-        // SAFETY: AVX2 (and F16C for f16) are present (checked); every key lies within `k`
-        // (asserted above).
-        unsafe { x86::scores_avx2(q, d, k, scale, out) };
-        return;
-    }
-    let _ = kernel;
+    T::scores(kernels)(q, d, k, scale, out)
+}
+
+/// The reference loop of `scores`, the table's portable entry.
+pub(super) fn scores_portable<T: Element>(
+    q: &[f32],
+    d: usize,
+    k: &[T],
+    scale: f32,
+    out: &mut [f32],
+) {
+    let heads = q.len() / d;
+    let n = out.len() / heads;
     let mut key = Vec::with_capacity(d);
     for j in 0..n {
         widen(&k[j * d..][..d], &mut key);
@@ -95,8 +100,8 @@ pub fn scores<T: Element>(
 
 /// For each head g (`out` holds `out.len() / d` heads): `out_g += Σ_j p[g * n + j] · V_j`
 /// accumulated in order of j, with n = `p.len()` / heads and value j at `v[j * d..][..d]`.
-pub fn weighted_sum<T: Element>(kernel: Kernel, p: &[f32], v: &[T], d: usize, out: &mut [f32]) {
-    weighted_sum_columns(kernel, p, v, d, d, out)
+pub fn weighted_sum<T: Element>(kernels: &Kernels, p: &[f32], v: &[T], d: usize, out: &mut [f32]) {
+    weighted_sum_columns(kernels, p, v, d, d, out)
 }
 
 /// `weighted_sum` over `w` of each value row's columns: `v` starts at the first of them (value
@@ -104,7 +109,7 @@ pub fn weighted_sum<T: Element>(kernel: Kernel, p: &[f32], v: &[T], d: usize, ou
 /// is computed exactly as in `weighted_sum`, so splitting the columns between tasks does not
 /// change the result.
 pub fn weighted_sum_columns<T: Element>(
-    kernel: Kernel,
+    kernels: &Kernels,
     p: &[f32],
     v: &[T],
     d: usize,
@@ -122,20 +127,18 @@ pub fn weighted_sum_columns<T: Element>(
     );
     let n = p.len() / heads;
     assert!(n == 0 || (n - 1) * d + w <= v.len(), "attention values");
-    #[cfg(target_arch = "x86_64")]
-    if w.is_multiple_of(8) && kernel == Kernel::Avx512Vnni {
-        // SAFETY: AVX-512 F runs where this kernel was selected; rows as asserted above.
-        unsafe { x86::weighted_sum_avx512(p, v, (d, w), out) };
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if w.is_multiple_of(8) && avx2_for::<T>(kernel) {
-        // SAFETY: AVX2 (and F16C for f16) are present (checked); every value row's `w` columns
-        // lie within `v` (asserted above).
-        unsafe { x86::weighted_sum_avx2(p, v, (d, w), out) };
-        return;
-    }
-    let _ = kernel;
+    T::values(kernels)(p, v, (d, w), out)
+}
+
+/// The reference loop of `weighted_sum_columns`, the table's portable entry.
+pub(super) fn values_portable<T: Element>(
+    p: &[f32],
+    v: &[T],
+    (d, w): (usize, usize),
+    out: &mut [f32],
+) {
+    let heads = out.len() / w;
+    let n = p.len() / heads;
     let mut row = Vec::with_capacity(w);
     for j in 0..n {
         widen(&v[j * d..][..w], &mut row);
@@ -145,22 +148,13 @@ pub fn weighted_sum_columns<T: Element>(
     }
 }
 
-/// `scalar::softmax` of `x` (same bits), vectorised with the kernel's widest registers.
-pub fn softmax(kernel: Kernel, x: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    match kernel {
-        // SAFETY: the kernel was selected only where AVX-512 F (for `Avx512Vnni`) or AVX2 runs.
-        Kernel::Avx512Vnni => return unsafe { x86::softmax_avx512(x) },
-        // SAFETY: as above.
-        Kernel::Avx2 => return unsafe { x86::softmax_avx2(x) },
-        _ => {}
-    }
-    let _ = kernel;
-    scalar::softmax(x)
+/// `scalar::softmax` of `x` (same bits), vectorised with the table's widest registers.
+pub fn softmax(kernels: &Kernels, x: &mut [f32]) {
+    (kernels.softmax.run)(x)
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(super) mod x86 {
     use std::arch::x86_64::*;
 
     use super::Element;
@@ -742,6 +736,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::Isa;
     use half::f16;
 
     fn values(n: usize, seed: u32) -> Vec<f32> {
@@ -780,7 +775,7 @@ mod tests {
                 let p = values(heads * positions, 4);
                 let mut want_o = values(heads * d, 5);
                 let want_s = oracle(&q, d, &widened(&k), &widened(&v), &p, &mut want_o);
-                for kernel in Kernel::available() {
+                for kernel in Isa::available().into_iter().map(Isa::kernels) {
                     let mut s = vec![0.0; heads * positions];
                     let mut o = values(heads * d, 5);
                     scores(kernel, &q, d, &k, 0.125, &mut s);
@@ -789,7 +784,7 @@ mod tests {
                         .chunks_exact_mut(positions)
                         .for_each(|r| softmax(kernel, r));
                     weighted_sum(kernel, &p, &v, d, &mut o);
-                    let at = format!("{what} {} d={d} heads={heads}", kernel.name());
+                    let at = format!("{what} {} d={d} heads={heads}", kernel.isa.name());
                     assert_eq!(bits(&s), bits(&want_s), "{at} scores");
                     let mut want_p = want_s.clone();
                     want_p.chunks_exact_mut(positions).for_each(scalar::softmax);

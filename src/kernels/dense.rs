@@ -2,7 +2,7 @@
 //! bf16 or f16, activations in f32, accumulated in f32. SIMD paths follow the ternary kernel
 //! choice; their sums differ from the scalar loop only by float rounding order.
 
-use super::Kernel;
+use super::Kernels;
 use crate::storage::DType;
 
 /// A dense `[rows, cols]` matrix view.
@@ -39,36 +39,22 @@ fn value(dtype: DType, b: &[u8], i: usize) -> f32 {
 }
 
 /// Portable dot product of a stored row with f32 values, left to right.
-fn dot_portable(dtype: DType, row: &[u8], x: &[f32]) -> f32 {
+pub(super) fn dot_portable(dtype: DType, row: &[u8], x: &[f32]) -> f32 {
     x.iter()
         .enumerate()
         .fold(0.0, |s, (i, &v)| s + value(dtype, row, i) * v)
 }
 
-fn dot(kernel: Kernel, dtype: DType, row: &[u8], x: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        match kernel {
-            // SAFETY: the kernel was selected only if the CPU supports it (Kernel::select).
-            Kernel::Avx512Vnni => return unsafe { x86::dot_avx512(dtype, row, x) },
-            // SAFETY: as above; AVX2 machines have F16C and FMA in practice, checked at selection.
-            Kernel::Avx2 if x86::avx2_dense_ok() => return unsafe { x86::dot_avx2(dtype, row, x) },
-            _ => {}
-        }
-    }
-    let _ = kernel;
-    dot_portable(dtype, row, x)
-}
-
 /// `out[t][r] = Σ_c W[r][c] · x[t][c]`, rows split across the current pool.
-pub fn gemm(kernel: Kernel, w: DenseView, x: &[f32], n_tok: usize, out: &mut [f32]) {
+pub fn gemm(kernels: &Kernels, w: DenseView, x: &[f32], n_tok: usize, out: &mut [f32]) {
     assert_eq!(x.len(), n_tok * w.cols, "dense gemm: input size");
     assert_eq!(out.len(), n_tok * w.rows, "dense gemm: output size");
+    let dot = kernels.dense_dot.run;
     let per_task = super::pool::per_task(w.rows, 16, 1024);
     if n_tok == 1 {
         super::pool::chunks_mut(out, per_task, |i, chunk| {
             for (k, o) in chunk.iter_mut().enumerate() {
-                *o = dot(kernel, w.dtype, w.row(i * per_task + k), x);
+                *o = dot(w.dtype, w.row(i * per_task + k), x);
             }
         });
         return;
@@ -78,7 +64,7 @@ pub fn gemm(kernel: Kernel, w: DenseView, x: &[f32], n_tok: usize, out: &mut [f3
         for (k, o) in chunk.chunks_exact_mut(n_tok).enumerate() {
             let row = w.row(i * per_task + k);
             for (t, v) in o.iter_mut().enumerate() {
-                *v = dot(kernel, w.dtype, row, &x[t * w.cols..(t + 1) * w.cols]);
+                *v = dot(w.dtype, row, &x[t * w.cols..(t + 1) * w.cols]);
             }
         }
     });
@@ -90,14 +76,10 @@ pub fn gemm(kernel: Kernel, w: DenseView, x: &[f32], n_tok: usize, out: &mut [f3
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(super) mod x86 {
     use std::arch::x86_64::*;
 
     use super::{DType, dot_portable};
-
-    pub fn avx2_dense_ok() -> bool {
-        std::arch::is_x86_feature_detected!("fma") && std::arch::is_x86_feature_detected!("f16c")
-    }
 
     /// # Safety
     /// The CPU supports AVX-512 F; `row` holds `x.len()` values of `dtype`.
@@ -160,6 +142,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::Isa;
 
     #[test]
     fn simd_dots_match_the_portable_sum() {
@@ -196,15 +179,15 @@ mod tests {
                 cols,
             };
             let mut want = vec![0.0; 6];
-            gemm(Kernel::Portable, view, &x, 2, &mut want);
-            for k in Kernel::available() {
+            gemm(Isa::Portable.kernels(), view, &x, 2, &mut want);
+            for k in Isa::available().into_iter().map(Isa::kernels) {
                 let mut got = vec![0.0; 6];
                 gemm(k, view, &x, 2, &mut got);
                 for (a, b) in got.iter().zip(&want) {
                     assert!(
                         (a - b).abs() <= 1e-3 * b.abs().max(1.0),
                         "{} {dtype:?}: {a} vs {b}",
-                        k.name()
+                        k.isa.name()
                     );
                 }
             }

@@ -12,7 +12,7 @@
 
 use half::f16;
 
-use super::Kernel;
+use super::Kernels;
 use super::dense::DenseView;
 use crate::quant;
 use crate::storage::Bytes;
@@ -269,61 +269,46 @@ pub fn dot_portable(m: &Int4Matrix, r: usize, x: &Int4Input) -> f32 {
     sum_lanes(&lanes)
 }
 
-fn dot(kernel: Kernel, m: &Int4Matrix, r: usize, x: &Int4Input) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let row = &m.nibbles[r * m.row_bytes()..][..m.row_bytes()];
-        let scales = &m.scales[r * padded(m.groups)..][..padded(m.groups)];
-        match kernel {
-            // SAFETY: selected kernels are supported by this CPU (Kernel::select); the row,
-            // scales and input hold `groups` whole groups, scales and sums whole lanes.
-            Kernel::Avx512Vnni => return unsafe { x86::dot_vnni(row, scales, m.groups, x) },
-            // SAFETY: as above, and F16C is checked here (the AVX2 kernel needs AVX2 only).
-            Kernel::Avx2 if std::arch::is_x86_feature_detected!("f16c") => {
-                return unsafe { x86::dot_avx2(row, scales, m.groups, x) };
-            }
-            _ => {}
-        }
+impl Int4Matrix {
+    /// Row `r`'s nibbles and its (padded) scales.
+    pub(super) fn row_parts(&self, r: usize) -> (&[u8], &[f16]) {
+        self.rows_parts(r..r + 1)
     }
-    let _ = kernel;
-    dot_portable(m, r, x)
+
+    /// The nibbles and (padded) scales of `rows`.
+    pub(super) fn rows_parts(&self, rows: std::ops::Range<usize>) -> (&[u8], &[f16]) {
+        let (rb, gp) = (self.row_bytes(), padded(self.groups));
+        (
+            &self.nibbles[rows.start * rb..rows.end * rb],
+            &self.scales[rows.start * gp..rows.end * gp],
+        )
+    }
 }
 
-/// `out[k] = (W[r0 + k] · x) · inv`, the same values as `dot` row by row.
-fn dot_rows(kernel: Kernel, m: &Int4Matrix, x: &Int4Input, r0: usize, inv: f32, out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if kernel == Kernel::Avx512Vnni {
-        let (rb, gp) = (m.row_bytes(), padded(m.groups));
-        let rows = r0..r0 + out.len();
-        let nibbles = &m.nibbles[rows.start * rb..rows.end * rb];
-        let scales = &m.scales[rows.start * gp..rows.end * gp];
-        // SAFETY: the selected kernel runs on this CPU (Kernel::select); `nibbles` and `scales`
-        // hold exactly `out.len()` rows, the input whole lanes of groups.
-        unsafe { x86::rows_vnni(nibbles, scales, m.groups, x, inv, out) };
-        return;
-    }
+/// `out[k] = (W[r0 + k] · x) · inv` row by row through the oracle: the table's portable entry.
+pub(super) fn rows_portable(m: &Int4Matrix, x: &Int4Input, r0: usize, inv: f32, out: &mut [f32]) {
     for (k, o) in out.iter_mut().enumerate() {
-        *o = dot(kernel, m, r0 + k, x) * inv;
+        *o = dot_portable(m, r0 + k, x) * inv;
     }
 }
 
 /// `out[t][r] = W[r] · x[t]` through 4-bit weights and int8 activations quantised per token.
-pub fn gemm(kernel: Kernel, m: &Int4Matrix, x: &[f32], n_tok: usize, out: &mut [f32]) {
+pub fn gemm(kernels: &Kernels, m: &Int4Matrix, x: &[f32], n_tok: usize, out: &mut [f32]) {
     assert_eq!(x.len(), n_tok * m.cols, "int4 gemm: input size");
     assert_eq!(out.len(), n_tok * m.rows, "int4 gemm: output size");
     let mut q = vec![0i8; m.cols];
     for (xt, ot) in x.chunks_exact(m.cols).zip(out.chunks_exact_mut(m.rows)) {
-        let inv = 1.0 / quant::quantize_activations(xt, &mut q);
+        let inv = 1.0 / (kernels.quantize.run)(xt, &mut q);
         let input = Int4Input::new(&q, m.groups);
         let per_task = super::pool::per_task(m.rows, 256, 4096);
         super::pool::chunks_mut(ot, per_task, |i, o| {
-            dot_rows(kernel, m, &input, i * per_task, inv, o)
+            (kernels.int4_rows.run)(m, &input, i * per_task, inv, o)
         });
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(super) mod x86 {
     use std::arch::x86_64::*;
 
     use half::f16;
@@ -513,6 +498,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::Isa;
     use crate::storage::DType;
 
     /// Scales are read in place exactly when their bytes are aligned, hold the same values
@@ -582,27 +568,27 @@ mod tests {
                 let x = Int4Input::new(&q, m.groups);
                 for r in 0..rows {
                     let want = dot_portable(&m, r, &x);
-                    for k in Kernel::available() {
+                    for k in Isa::available().into_iter().map(Isa::kernels) {
                         assert_eq!(
-                            dot(k, &m, r, &x).to_bits(),
+                            (k.int4_dot.run)(&m, r, &x).to_bits(),
                             want.to_bits(),
                             "{} {rows}x{cols} row {r} {fill:?}",
-                            k.name()
+                            k.isa.name()
                         );
                     }
                 }
                 // Several rows per call, starting past row 0.
                 let inv = 0.37f32;
-                for k in Kernel::available() {
+                for k in Isa::available().into_iter().map(Isa::kernels) {
                     let mut got = vec![0f32; rows - 1];
-                    dot_rows(k, &m, &x, 1, inv, &mut got);
+                    (k.int4_rows.run)(&m, &x, 1, inv, &mut got);
                     for (i, g) in got.iter().enumerate() {
                         let want = dot_portable(&m, i + 1, &x) * inv;
                         assert_eq!(
                             g.to_bits(),
                             want.to_bits(),
                             "{} rows {rows}x{cols}",
-                            k.name()
+                            k.isa.name()
                         );
                     }
                 }

@@ -2,9 +2,8 @@
 //! token, exact int32 dot products. Half the bytes of bf16 per decode step, for a small
 //! accuracy cost measured by tests/head_int8.rs and reported by `bit-ttt bench`.
 
-use super::Kernel;
+use super::Kernels;
 use super::dense::DenseView;
-use crate::quant;
 use crate::storage::Bytes;
 
 /// Columns are padded to a multiple of this (zeros), so SIMD loops need no tail.
@@ -38,7 +37,7 @@ impl Int8Matrix {
                 .enumerate()
                 .map(|(k, out)| {
                     m.row_into(i * ROWS_PER_TASK + k, &mut vals);
-                    1.0 / quant::quantize_activations(&vals, &mut out[..m.cols])
+                    1.0 / (Kernels::best().quantize.run)(&vals, &mut out[..m.cols])
                 })
                 .collect::<Vec<f32>>()
         })
@@ -82,38 +81,22 @@ impl Int8Matrix {
     }
 }
 
-fn dot_portable(a: &[i8], b: &[i8]) -> i32 {
+pub(super) fn dot_portable(a: &[i8], b: &[i8]) -> i32 {
     a.iter()
         .zip(b)
         .map(|(&x, &y)| i32::from(x) * i32::from(y))
         .sum()
 }
 
-fn dot(kernel: Kernel, a: &[i8], b: &[i8]) -> i32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        match kernel {
-            // SAFETY: selected kernels are supported by this CPU (Kernel::select); lengths are
-            // equal multiples of 64.
-            Kernel::Avx512Vnni => return unsafe { x86::dot_avx512bw(a, b) },
-            // SAFETY: as above.
-            Kernel::Avx2 => return unsafe { x86::dot_avx2(a, b) },
-            _ => {}
-        }
-    }
-    let _ = kernel;
-    dot_portable(a, b)
-}
-
 /// `out[t][r] = W[r] · x[t]` through int8: activations quantised per token, exact int32 sums.
-pub fn gemm(kernel: Kernel, m: &Int8Matrix, x: &[f32], n_tok: usize, out: &mut [f32]) {
+pub fn gemm(kernels: &Kernels, m: &Int8Matrix, x: &[f32], n_tok: usize, out: &mut [f32]) {
     assert_eq!(x.len(), n_tok * m.cols, "int8 gemm: input size");
     assert_eq!(out.len(), n_tok * m.rows, "int8 gemm: output size");
     let mut q = vec![0i8; n_tok * m.cols_padded];
     let inv: Vec<f32> = x
         .chunks_exact(m.cols)
         .zip(q.chunks_exact_mut(m.cols_padded))
-        .map(|(xr, qr)| 1.0 / quant::quantize_activations(xr, &mut qr[..m.cols]))
+        .map(|(xr, qr)| 1.0 / (kernels.quantize.run)(xr, &mut qr[..m.cols]))
         .collect();
     for t in 0..n_tok {
         let qt = &q[t * m.cols_padded..(t + 1) * m.cols_padded];
@@ -121,14 +104,14 @@ pub fn gemm(kernel: Kernel, m: &Int8Matrix, x: &[f32], n_tok: usize, out: &mut [
         super::pool::chunks_mut(&mut out[t * m.rows..][..m.rows], per_task, |i, o| {
             for (k, o) in o.iter_mut().enumerate() {
                 let r = i * per_task + k;
-                *o = dot(kernel, m.row(r), qt) as f32 * (m.row_scale[r] * inv[t]);
+                *o = (kernels.int8_dot.run)(m.row(r), qt) as f32 * (m.row_scale[r] * inv[t]);
             }
         });
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(super) mod x86 {
     use std::arch::x86_64::*;
 
     /// i8 · i8 with AVX-512 BW: sign-transfer so `vpmaddubsw` sees |a| (unsigned) and b·sign(a);
@@ -197,6 +180,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::Isa;
 
     #[test]
     fn simd_int8_dots_are_exact() {
@@ -221,12 +205,12 @@ mod tests {
                     .map(|i| (((i * 91 + 5) % 255) as i32 - 127) as i8)
                     .collect();
                 let want = dot_portable(&a, &b);
-                for k in Kernel::available() {
+                for k in Isa::available().into_iter().map(Isa::kernels) {
                     assert_eq!(
-                        dot(k, &a, &b),
+                        (k.int8_dot.run)(&a, &b),
                         want,
                         "{} len {len} pattern {pattern}",
-                        k.name()
+                        k.isa.name()
                     );
                 }
             }

@@ -17,6 +17,7 @@
 //! Codes are unsigned, so a kernel computes Σ code·q and subtracts Σ q (computed once per
 //! token): Σ (t+1)·q − Σ q = Σ t·q, exactly.
 
+use super::Kernels;
 use crate::quant;
 use crate::storage::Bytes;
 
@@ -227,8 +228,8 @@ pub struct QuantizedRows {
 }
 
 impl QuantizedRows {
-    /// Quantises each row of `x` (`n_tok` rows of `cols`) per token.
-    pub fn new(x: &[f32], n_tok: usize) -> Self {
+    /// Quantises each row of `x` (`n_tok` rows of `cols`) per token, with the table's quantiser.
+    pub fn new(kernels: &Kernels, x: &[f32], n_tok: usize) -> Self {
         let cols = x.len() / n_tok;
         let cols_padded = cols.div_ceil(ACT_PAD) * ACT_PAD;
         let mut q = vec![0i8; n_tok * cols_padded];
@@ -242,7 +243,7 @@ impl QuantizedRows {
             xs.chunks_exact(cols)
                 .zip(qs.chunks_exact_mut(cols_padded))
                 .map(|(xr, qr)| {
-                    let s = quant::quantize_activations(xr, &mut qr[..cols]);
+                    let s = (kernels.quantize.run)(xr, &mut qr[..cols]);
                     (s, qr.iter().map(|&v| i32::from(v)).sum::<i32>())
                 })
                 .collect::<Vec<_>>()

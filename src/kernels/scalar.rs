@@ -105,11 +105,6 @@ pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
 /// value from i, then `dot`'s tree, then the tail in order: a fixed order, so the same bits on
 /// every machine, and no chain of 2,560-6,912 dependent adds, so that the loop vectorises.
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if super::vectorised() {
-        // SAFETY: `vectorised` checked AVX-512 F/BW/VL.
-        return unsafe { super::x86::rms_norm(x, w, eps, out) };
-    }
     rms_norm_inline(x, w, eps, out)
 }
 

@@ -7,7 +7,7 @@
 //! Every product is exact (dy · ±1 or 0), and each output sums its rows in ascending order from
 //! zero before being added to `dx`, so every path equals the scalar oracle bit for bit.
 
-use super::Kernel;
+use super::Kernels;
 use super::packed::{BLOCK, BLOCK_BYTES, BLOCK3, DIGITS, PackedTernary, Packing};
 
 /// Tokens per tile.
@@ -38,44 +38,52 @@ fn tile_of<const B: usize>(w: &PackedTernary, dy: &[f32], t0: usize, b: usize, a
     }
 }
 
+/// The table's portable entry (NEON is part of the aarch64 baseline: this loop vectorises to
+/// it).
 #[inline(always)]
-fn tile(w: &PackedTernary, dy: &[f32], t0: usize, b: usize, acc: &mut [f32]) {
+pub(super) fn tile(w: &PackedTernary, dy: &[f32], t0: usize, b: usize, acc: &mut [f32]) {
     match w.packing {
         Packing::Bits2 => tile_of::<BLOCK>(w, dy, t0, b, acc),
         Packing::Base3 => tile_of::<BLOCK3>(w, dy, t0, b, acc),
     }
 }
 
+/// `tile` compiled for AVX2 and FMA.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn tile_avx2(w: &PackedTernary, dy: &[f32], t0: usize, b: usize, acc: &mut [f32]) {
+pub(super) unsafe fn tile_avx2(
+    w: &PackedTernary,
+    dy: &[f32],
+    t0: usize,
+    b: usize,
+    acc: &mut [f32],
+) {
     tile(w, dy, t0, b, acc)
 }
 
+/// `tile` compiled for AVX-512.
+///
+/// # Safety
+/// The CPU has AVX-512 F and BW.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
-fn tile_avx512(w: &PackedTernary, dy: &[f32], t0: usize, b: usize, acc: &mut [f32]) {
+pub(super) unsafe fn tile_avx512(
+    w: &PackedTernary,
+    dy: &[f32],
+    t0: usize,
+    b: usize,
+    acc: &mut [f32],
+) {
     tile(w, dy, t0, b, acc)
 }
 
-impl Kernel {
-    fn tile_t(self, w: &PackedTernary, dy: &[f32], t0: usize, b: usize, acc: &mut [f32]) {
-        match self {
-            // SAFETY: select() only hands out kernels whose features this CPU has, and these
-            // functions need exactly the features their kernel requires.
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { tile_avx2(w, dy, t0, b, acc) },
-            // SAFETY: as above; the VNNI kernel implies AVX-512 F and BW.
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512Vnni => unsafe { tile_avx512(w, dy, t0, b, acc) },
-            // NEON is part of the aarch64 baseline: the generic loop vectorises to it.
-            _ => tile(w, dy, t0, b, acc),
-        }
-    }
-
+impl Kernels {
     /// `dx[t][c] += Σ_r dy[t][r] · T[r][c]` for `n_tok` tokens: `dy` is `[n_tok, rows]`, `dx`
     /// is `[n_tok, cols]`. The caller applies γ.
-    pub fn ternary_gemm_t(self, w: &PackedTernary, dy: &[f32], n_tok: usize, dx: &mut [f32]) {
+    pub fn ternary_gemm_t(&self, w: &PackedTernary, dy: &[f32], n_tok: usize, dx: &mut [f32]) {
         assert_eq!(dy.len(), n_tok * w.rows, "ternary_gemm_t: dy size");
         assert_eq!(dx.len(), n_tok * w.cols, "ternary_gemm_t: dx size");
         let block = w.packing.block();
@@ -87,7 +95,7 @@ impl Kernel {
         let done: Vec<(usize, usize, Vec<f32>)> = super::pool::map(tiles, |(t0, b)| {
             let n = TOKENS.min(n_tok - t0);
             let mut acc = vec![0.0f32; n * block];
-            self.tile_t(w, dy, t0, b, &mut acc);
+            (self.transposed_tile.run)(w, dy, t0, b, &mut acc);
             (t0, b, acc)
         });
         for (t0, b, acc) in done {

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use super::weight_files;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::kernels::Kernel;
+use crate::kernels::Isa;
 use crate::kernels::packed::PackedTernary;
 use crate::quant;
 use crate::storage::Source;
@@ -120,7 +120,7 @@ pub fn estimate(src: &Source, n_ctx: usize, n_batch: usize) -> Result<MemoryEsti
                 } else {
                     t.shape[0]
                 };
-                let packing = Kernel::best().packing();
+                let packing = Isa::best().packing();
                 let cols = PackedTernary::padded_cols(t.shape[1], packing);
                 (rows * cols / packing.block() * 64) as u64
             } else if t.shape.len() == 1 && size < 4 {

@@ -12,7 +12,7 @@ use super::{LayerWeights, Weights};
 use crate::config::Activation;
 use crate::error::{Error, Result};
 use crate::kernels::attention;
-use crate::kernels::{Kernel, dense, pool, scalar};
+use crate::kernels::{Kernels, dense, pool, scalar};
 use crate::kernels::{int4, int8};
 
 /// Rows of a feed-forward slice when nothing is recorded for `adapt`.
@@ -35,7 +35,7 @@ struct FeedForward {
 pub struct Transformer {
     pub weights: Weights,
     rope: Rope,
-    kernel: Kernel,
+    kernel: &'static Kernels,
     /// A quantised copy of the output head, used instead of it when present.
     head_quant: Option<StoredHead>,
     /// BitLinear inputs stay f32 (no int8 quantiser): the smooth function the finite-difference
@@ -43,7 +43,7 @@ pub struct Transformer {
     float_activations: bool,
 }
 
-fn norm_rows(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+fn norm_rows(kernels: &Kernels, x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
     let mut out = vec![0.0; x.len()];
     // Rows are independent: a prompt's are normed in parallel, 16 to a task.
     let per_task = 16 * w.len();
@@ -52,7 +52,7 @@ fn norm_rows(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
             .chunks_exact(w.len())
             .zip(o.chunks_exact_mut(w.len()))
         {
-            scalar::rms_norm(xr, w, eps, or);
+            (kernels.rms_norm.run)(xr, w, eps, or);
         }
     });
     out
@@ -61,7 +61,7 @@ fn norm_rows(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
 impl Transformer {
     /// `head` picks the head's format: a copy of it stored in the weights (a pre-packed file)
     /// is used in place, otherwise the checkpoint's head is quantised here.
-    pub fn new(mut weights: Weights, kernel: Kernel, head: HeadFormat) -> Self {
+    pub fn new(mut weights: Weights, kernel: &'static Kernels, head: HeadFormat) -> Self {
         let rope = Rope::new(&weights.config);
         let stored = std::mem::take(&mut weights.stored_heads);
         let head_quant = match stored.into_iter().find(|h| h.format() == head) {
@@ -111,8 +111,8 @@ impl Transformer {
         &self.rope
     }
 
-    /// The ternary kernel this model computes with.
-    pub fn kernel(&self) -> Kernel {
+    /// The kernels' table this model computes with.
+    pub fn kernel(&self) -> &'static Kernels {
         self.kernel
     }
 
@@ -312,14 +312,14 @@ impl Transformer {
         cache.advance(n);
         let w = &self.weights.final_norm;
         if let Some(tape) = tape {
-            let out = norm_rows(&x, w, cfg.rms_norm_eps);
+            let out = norm_rows(self.kernel, &x, w, cfg.rms_norm_eps);
             tape.x_final = x;
             return Ok(out);
         }
         // In place: a second n × hidden buffer would be the prompt's largest at this point.
         let mut row = vec![0.0f32; w.len()];
         for xr in x.chunks_exact_mut(w.len()) {
-            scalar::rms_norm(xr, w, cfg.rms_norm_eps, &mut row);
+            (self.kernel.rms_norm.run)(xr, w, cfg.rms_norm_eps, &mut row);
             xr.copy_from_slice(&row);
         }
         Ok(x)
@@ -343,7 +343,7 @@ impl Transformer {
         };
         let on = rec.is_some();
         // Without a record each buffer is dropped once used.
-        let h = norm_rows(x, &layer.input_norm, cfg.rms_norm_eps);
+        let h = norm_rows(self.kernel, x, &layer.input_norm, cfg.rms_norm_eps);
         let [mut q, mut k, v] = self.project_many(
             [
                 (&layer.q, lora[0]),
@@ -365,7 +365,7 @@ impl Transformer {
         };
         let q = on.then_some(q);
         let a_n = match &layer.attn_sub_norm {
-            Some(w) => norm_rows(&a, w, cfg.rms_norm_eps),
+            Some(w) => norm_rows(self.kernel, &a, w, cfg.rms_norm_eps),
             None => a.clone(),
         };
         let a = on.then_some(a);
@@ -390,7 +390,7 @@ impl Transformer {
         [u_gate, u_up, u_down]: [Option<&mut Option<Vec<f32>>>; 3],
     ) -> FeedForward {
         let cfg = &self.weights.config;
-        let h2 = norm_rows(x, &layer.post_attention_norm, cfg.rms_norm_eps);
+        let h2 = norm_rows(self.kernel, x, &layer.post_attention_norm, cfg.rms_norm_eps);
         let [gate, up] = self.project_many(
             [(&layer.gate, lora[0]), (&layer.up, lora[1])],
             &Activations::new(&h2, n),
@@ -413,7 +413,7 @@ impl Transformer {
             }
         });
         let m_n = match &layer.ffn_sub_norm {
-            Some(w) => norm_rows(&m, w, cfg.rms_norm_eps),
+            Some(w) => norm_rows(self.kernel, &m, w, cfg.rms_norm_eps),
             None => m.clone(),
         };
         let out = self.project(

@@ -5,7 +5,7 @@ use std::cell::OnceCell;
 
 use crate::kernels::dense::{self, DenseView};
 use crate::kernels::packed::{PackedTernary, QuantizedRows};
-use crate::kernels::{Kernel, pool};
+use crate::kernels::{Kernels, pool};
 use crate::storage::Bytes;
 use crate::storage::DType;
 
@@ -104,9 +104,9 @@ impl<'a> Activations<'a> {
     }
 
     /// Per-token int8 values (padded for the kernels), their sums and scales s.
-    pub fn quantized(&self) -> &QuantizedRows {
+    pub fn quantized(&self, kernels: &Kernels) -> &QuantizedRows {
         self.quantized
-            .get_or_init(|| QuantizedRows::new(self.x, self.n_tok))
+            .get_or_init(|| QuantizedRows::new(kernels, self.x, self.n_tok))
     }
 }
 
@@ -168,7 +168,7 @@ impl Linear {
     }
 
     /// `out[t] = W · x[t]` for every input row; `out` is `[n_tok, rows]`.
-    pub fn forward(&self, input: &Activations, out: &mut [f32], kernel: Kernel) {
+    pub fn forward(&self, input: &Activations, out: &mut [f32], kernel: &Kernels) {
         assert_eq!(input.cols, self.cols(), "linear input width");
         match self {
             Linear::Ternary(w) => Self::ternary_forward(&[w], input, &mut [out], kernel),
@@ -184,7 +184,7 @@ impl Linear {
         linears: &[&Linear],
         input: &Activations,
         outs: &mut [&mut [f32]],
-        kernel: Kernel,
+        kernel: &Kernels,
     ) {
         let ternary: Option<Vec<&TernaryMatrix>> = linears
             .iter()
@@ -213,9 +213,9 @@ impl Linear {
         ws: &[&TernaryMatrix],
         input: &Activations,
         outs: &mut [&mut [f32]],
-        kernel: Kernel,
+        kernel: &Kernels,
     ) {
-        let x = input.quantized();
+        let x = input.quantized(kernel);
         let n_tok = input.n_tok;
         let total: usize = ws.iter().map(|w| w.packed.rows * n_tok).sum();
         let mut run = |acc: &mut Vec<i32>| {
@@ -272,6 +272,7 @@ thread_local! {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::Isa;
 
     /// One BitLinear output worked by hand: with max|x| = 127 the scale s is exactly 1, so the
     /// int8 values show the rounding (half to even) and the output is acc · γ.
@@ -285,7 +286,7 @@ mod tests {
             gamma: 0.75,
         });
         let mut out = [0.0f32; 2];
-        w.forward(&Activations::new(&x, 1), &mut out, Kernel::Portable);
+        w.forward(&Activations::new(&x, 1), &mut out, Isa::Portable.kernels());
         let acc0 = 127 + 2 - 2 + 3;
         let acc1 = -127 + 2 + 2 + 3;
         assert_eq!(out, [acc0 as f32 * 0.75, acc1 as f32 * 0.75]);
@@ -293,7 +294,7 @@ mod tests {
         // Two tokens share the weights but not the scale: s = 127 / 2 for the second.
         let x2 = [127.0f32, 0.5, 2.5, -1.5, 3.49, 2.0, 1.0, 0.0, -1.0, -2.0];
         let mut out2 = [0.0f32; 4];
-        w.forward(&Activations::new(&x2, 2), &mut out2, Kernel::best());
+        w.forward(&Activations::new(&x2, 2), &mut out2, Kernels::best());
         let s = 127.0f32 / 2.0;
         // q = round([127, 63.5, 0, -63.5, -127]) = [127, 64, 0, -64, -127]
         let acc = [127 + 64 - 64 - 127, -127 + 64 - 127];
@@ -330,7 +331,7 @@ mod tests {
             let x: Vec<f32> = (0..n_tok * cols)
                 .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
                 .collect();
-            for kernel in Kernel::available() {
+            for kernel in Isa::available().into_iter().map(Isa::kernels) {
                 let input = Activations::new(&x, n_tok);
                 let mut outs: Vec<Vec<f32>> =
                     layers.iter().map(|l| vec![0.0; n_tok * l.rows()]).collect();
@@ -339,7 +340,7 @@ mod tests {
                 for (l, got) in layers.iter().zip(&outs) {
                     let mut want = vec![0.0; n_tok * l.rows()];
                     l.forward(&Activations::new(&x, n_tok), &mut want, kernel);
-                    assert_eq!(got, &want, "{} n_tok={n_tok}", kernel.name());
+                    assert_eq!(got, &want, "{} n_tok={n_tok}", kernel.isa.name());
                 }
             }
         }

@@ -62,12 +62,30 @@ pub(super) fn build(isa: Isa) -> Kernels {
     x86::fill(&mut k);
     #[cfg(target_arch = "aarch64")]
     match isa {
-        Isa::Neon => k.ternary_bits2 = op("neon::gemm_neon", super::neon::gemm_neon),
-        Isa::NeonDot => k.ternary_bits2 = op("neon::gemm_dotprod", super::neon::gemm_dotprod),
+        Isa::Neon => k.ternary_bits2 = op("neon::gemm_neon", neon::gemm_neon),
+        Isa::NeonDot => k.ternary_bits2 = op("neon::gemm_dotprod", neon::gemm_dotprod),
         // NEON is part of the aarch64 baseline: the portable loops vectorise to it.
         _ => {}
     }
     k
+}
+
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    //! The aarch64 entries: sound for the reason the x86 ones are (`build` puts them in a table
+    //! only for an ISA whose features `Isa::is_supported` detected).
+
+    use super::super::neon as simd;
+    use super::super::packed::{PackedTernary, QuantizedRows};
+
+    pub(super) fn gemm_neon(w: &PackedTernary, x: &QuantizedRows, r0: usize, acc: &mut [i32]) {
+        // SAFETY: in a table only where NEON was detected.
+        unsafe { simd::gemm_neon(w, x, r0, acc) }
+    }
+    pub(super) fn gemm_dotprod(w: &PackedTernary, x: &QuantizedRows, r0: usize, acc: &mut [i32]) {
+        // SAFETY: in a table only where NEON and dotprod were detected.
+        unsafe { simd::gemm_dotprod(w, x, r0, acc) }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -79,7 +97,7 @@ mod x86 {
     use std::arch::is_x86_feature_detected as has;
 
     use super::super::int4::{Int4Input, Int4Matrix};
-    use super::super::packed::{PackedTernary, Packing};
+    use super::super::packed::{PackedTernary, Packing, QuantizedRows};
     use super::super::x86 as simd;
     use super::super::{amx, attention, dense, int4, int8, transposed};
     use super::{Isa, Kernels, op};
@@ -98,7 +116,7 @@ mod x86 {
         }
         match k.isa {
             Isa::Avx2 if avx2 => {
-                k.ternary_bits2 = op("x86::gemm_avx2", simd::gemm_avx2);
+                k.ternary_bits2 = op("x86::gemm_avx2", gemm_avx2);
                 k.transposed_tile = op("transposed::tile_avx2", tile_avx2);
                 k.softmax = op("attention::softmax_avx2", softmax_avx2);
                 k.scores_f32 = op("attention::scores_avx2", scores_avx2::<f32>);
@@ -121,9 +139,9 @@ mod x86 {
                 } else {
                     Packing::Bits2
                 };
-                k.ternary_bits2 = op("x86::gemm_avx512_vnni", simd::gemm_avx512_vnni);
+                k.ternary_bits2 = op("x86::gemm_avx512_vnni", gemm_avx512_vnni);
                 if vbmi {
-                    k.ternary_base3 = op("x86::gemm_avx512_base3", simd::gemm_avx512_base3);
+                    k.ternary_base3 = op("x86::gemm_avx512_base3", gemm_avx512_base3);
                 }
                 k.ternary_amx = amx::enabled();
                 k.transposed_tile = op("transposed::tile_avx512", tile_avx512);
@@ -141,6 +159,18 @@ mod x86 {
         }
     }
 
+    fn gemm_avx2(w: &PackedTernary, x: &QuantizedRows, r0: usize, acc: &mut [i32]) {
+        // SAFETY: in a table only where AVX2 was detected (module comment).
+        unsafe { simd::gemm_avx2(w, x, r0, acc) }
+    }
+    fn gemm_avx512_vnni(w: &PackedTernary, x: &QuantizedRows, r0: usize, acc: &mut [i32]) {
+        // SAFETY: in a table only where AVX-512 F/BW/VNNI were detected.
+        unsafe { simd::gemm_avx512_vnni(w, x, r0, acc) }
+    }
+    fn gemm_avx512_base3(w: &PackedTernary, x: &QuantizedRows, r0: usize, acc: &mut [i32]) {
+        // SAFETY: in a table only where AVX-512 F/BW/VNNI/VBMI were detected.
+        unsafe { simd::gemm_avx512_base3(w, x, r0, acc) }
+    }
     fn quantize_avx512(x: &[f32], q: &mut [i8]) -> f32 {
         // SAFETY: in a table only where AVX-512 F/BW/VL were detected (module comment).
         unsafe { simd::quantize_activations(x, q) }

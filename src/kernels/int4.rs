@@ -269,6 +269,8 @@ pub fn dot_portable(m: &Int4Matrix, r: usize, x: &Int4Input) -> f32 {
     sum_lanes(&lanes)
 }
 
+/// The SIMD entries' view of the rows (`dispatch`).
+#[cfg(target_arch = "x86_64")]
 impl Int4Matrix {
     /// Row `r`'s nibbles and its (padded) scales.
     pub(super) fn row_parts(&self, r: usize) -> (&[u8], &[f16]) {

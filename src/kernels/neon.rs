@@ -95,14 +95,17 @@ unsafe fn row_dotprod<const N: usize>(
 }
 
 /// NEON kernel; same contract as `packed::gemm_portable`.
-pub fn gemm_neon(w: &PackedTernary, x: &QuantizedRows, r0: usize, acc: &mut [i32]) {
-    assert!(
+///
+/// # Safety
+/// The CPU has NEON (the dispatch table holds this function only there).
+pub(super) unsafe fn gemm_neon(w: &PackedTernary, x: &QuantizedRows, r0: usize, acc: &mut [i32]) {
+    debug_assert!(
         std::arch::is_aarch64_feature_detected!("neon"),
         "NEON kernel on a CPU without NEON"
     );
     assert!(x.cols_padded >= w.cols_padded && w.packing == Packing::Bits2);
     let blocks = w.cols_padded / BLOCK;
-    // SAFETY: NEON is present (checked above); rows and tokens have `blocks` whole blocks.
+    // SAFETY: NEON is present (the caller's contract); rows and tokens have `blocks` whole blocks.
     for_rows(
         w,
         x,
@@ -114,14 +117,22 @@ pub fn gemm_neon(w: &PackedTernary, x: &QuantizedRows, r0: usize, acc: &mut [i32
 }
 
 /// NEON dot-product kernel; same contract as `packed::gemm_portable`.
-pub fn gemm_dotprod(w: &PackedTernary, x: &QuantizedRows, r0: usize, acc: &mut [i32]) {
-    assert!(
+///
+/// # Safety
+/// The CPU has NEON and dotprod (the dispatch table holds this function only there).
+pub(super) unsafe fn gemm_dotprod(
+    w: &PackedTernary,
+    x: &QuantizedRows,
+    r0: usize,
+    acc: &mut [i32],
+) {
+    debug_assert!(
         std::arch::is_aarch64_feature_detected!("dotprod"),
         "dotprod kernel on a CPU without it"
     );
     assert!(x.cols_padded >= w.cols_padded && w.packing == Packing::Bits2);
     let blocks = w.cols_padded / BLOCK;
-    // SAFETY: NEON and dotprod are present (checked above); whole blocks as for NEON.
+    // SAFETY: NEON and dotprod are present (the caller's contract); whole blocks as for NEON.
     for_rows(
         w,
         x,

@@ -252,14 +252,17 @@ unsafe fn decode_vnni(first: *const u8, blocks: usize, q: *const i8, sum: i32, o
 }
 
 /// AVX2 kernel; same contract as `packed::gemm_portable`.
-pub fn gemm_avx2(w: &PackedTernary, x: &QuantizedRows, r0: usize, acc: &mut [i32]) {
-    assert!(
+///
+/// # Safety
+/// The CPU has AVX2 (the dispatch table holds this function only there).
+pub(super) unsafe fn gemm_avx2(w: &PackedTernary, x: &QuantizedRows, r0: usize, acc: &mut [i32]) {
+    debug_assert!(
         std::arch::is_x86_feature_detected!("avx2"),
         "AVX2 kernel on a CPU without AVX2"
     );
     assert!(x.cols_padded >= w.cols_padded && w.packing == Packing::Bits2);
     let blocks = w.cols_padded / BLOCK;
-    // SAFETY: AVX2 is present (checked above); rows and tokens have `blocks` whole blocks.
+    // SAFETY: AVX2 is present (the caller's contract); rows and tokens have `blocks` whole blocks.
     for_rows(
         w,
         x,
@@ -277,8 +280,16 @@ pub fn gemm_avx2(w: &PackedTernary, x: &QuantizedRows, r0: usize, acc: &mut [i32
 /// On two threads (each thread's rows one contiguous share, `pool::share`) that ran decode
 /// 41-43 → 48-51 tokens/s on a Zen 5; on one thread the four-row tiles were 8 % faster there
 /// but 25 % slower on a Zen 4, so decode streams rows one at a time on every thread count.
-pub fn gemm_avx512_vnni(w: &PackedTernary, x: &QuantizedRows, r0: usize, acc: &mut [i32]) {
-    assert!(
+///
+/// # Safety
+/// The CPU has AVX-512 F/BW/VNNI (the dispatch table holds this function only there).
+pub(super) unsafe fn gemm_avx512_vnni(
+    w: &PackedTernary,
+    x: &QuantizedRows,
+    r0: usize,
+    acc: &mut [i32],
+) {
+    debug_assert!(
         std::arch::is_x86_feature_detected!("avx512vnni")
             && std::arch::is_x86_feature_detected!("avx512bw"),
         "AVX-512 VNNI kernel on a CPU without it"
@@ -288,7 +299,7 @@ pub fn gemm_avx512_vnni(w: &PackedTernary, x: &QuantizedRows, r0: usize, acc: &m
     let n_rows = acc.len() / n_tok;
     let row_ptr = |i: usize| w.data[(r0 + i) * rb..(r0 + i + 1) * rb].as_ptr();
     if n_tok == 1 {
-        // SAFETY: AVX-512 F/BW/VNNI are present (checked above); rows r0.. hold `blocks`
+        // SAFETY: AVX-512 F/BW/VNNI are present (the caller's contract); rows r0.. hold `blocks`
         // whole blocks each, one per output, and the token `blocks` whole blocks.
         return unsafe { decode_vnni(row_ptr(0), blocks, x.token(0).as_ptr(), x.sums[0], acc) };
     }
@@ -305,7 +316,7 @@ pub fn gemm_avx512_vnni(w: &PackedTernary, x: &QuantizedRows, r0: usize, acc: &m
             let mut t = t0;
             while t + 4 <= t1 {
                 let q = [t, t + 1, t + 2, t + 3].map(|k| x.token(k).as_ptr());
-                // SAFETY: AVX-512 F/BW/VNNI are present (checked above); rows and tokens hold
+                // SAFETY: AVX-512 F/BW/VNNI are present (the caller's contract); rows and tokens hold
                 // `blocks` whole blocks.
                 let s = unsafe { rows_vnni::<4, 4>(rows, q, blocks) };
                 for (r, sr) in s.iter().enumerate() {
@@ -476,15 +487,23 @@ unsafe fn rows_base3_decode<const R: usize, const A: usize>(
 /// `gemm_avx512_vnni`, except that decode takes rows two at a time (one at a time ran 512-byte
 /// rows at a third of the speed in a 30-layer bench; two adjacent rows are still one
 /// sequential stream).
-pub fn gemm_avx512_base3(w: &PackedTernary, x: &QuantizedRows, r0: usize, acc: &mut [i32]) {
-    assert!(
+///
+/// # Safety
+/// The CPU has AVX-512 F/BW/VNNI/VBMI (the dispatch table holds this function only there).
+pub(super) unsafe fn gemm_avx512_base3(
+    w: &PackedTernary,
+    x: &QuantizedRows,
+    r0: usize,
+    acc: &mut [i32],
+) {
+    debug_assert!(
         std::arch::is_x86_feature_detected!("avx512vnni")
             && std::arch::is_x86_feature_detected!("avx512bw")
             && std::arch::is_x86_feature_detected!("avx512vbmi"),
         "AVX-512 VBMI kernel on a CPU without it"
     );
     assert!(x.cols_padded >= w.cols_padded && w.packing == Packing::Base3);
-    // SAFETY: AVX-512 F is present (checked above).
+    // SAFETY: AVX-512 F is present (the caller's contract).
     let tables = unsafe { Tables3::load() };
     let (blocks, rb, n_tok) = (w.cols_padded / BLOCK3, w.row_bytes(), x.n_tok);
     let n_rows = acc.len() / n_tok;
@@ -502,7 +521,7 @@ pub fn gemm_avx512_base3(w: &PackedTernary, x: &QuantizedRows, r0: usize, acc: &
             let mut t = t0;
             while t + 4 <= t1 {
                 let q = [t, t + 1, t + 2, t + 3].map(|k| x.token(k).as_ptr());
-                // SAFETY: AVX-512 F/BW/VBMI/VNNI are present (checked above); rows and tokens
+                // SAFETY: AVX-512 F/BW/VBMI/VNNI are present (the caller's contract); rows and tokens
                 // hold `blocks` whole blocks.
                 let s = unsafe { rows_base3::<4, 4>(&tables, rows, q, blocks) };
                 for (r, sr) in s.iter().enumerate() {

@@ -33,6 +33,26 @@ step "format and lints"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "layer rules (docs/ARCHITECTURE.md): no import up a floor, no cycle, ffi/ and cli/ through the public API only"
+python3 tools/check_layers.py
+# The checker itself: an upward import planted in a copy of the sources must be caught.
+probe=$(mktemp -d)
+cp -r src cli tools "$probe/"
+printf '\n#[allow(unused_imports)]\nuse crate::session::Session;\n' >>"$probe/src/quant.rs"
+if python3 "$probe/tools/check_layers.py" >"$probe/out" 2>&1; then
+  echo "tools/check_layers.py missed an upward import (quant -> session)" >&2
+  exit 1
+fi
+grep -q "upward import: quant" "$probe/out" || { cat "$probe/out" >&2; exit 1; }
+cp src/quant.rs "$probe/src/quant.rs"
+printf '\n#[allow(unused_imports)]\nuse bit_ttt::__internal::kernels;\n' >>"$probe/cli/src/main.rs"
+if python3 "$probe/tools/check_layers.py" >"$probe/out" 2>&1; then
+  echo "tools/check_layers.py missed the CLI using the internal door" >&2
+  exit 1
+fi
+grep -q "cli/src/main.rs reaches past the public API" "$probe/out" || { cat "$probe/out" >&2; exit 1; }
+rm -rf "$probe"
+
 step "tests"
 cargo test --workspace
 # The AVX-512 kernel reads 2-bit weights where AVX-512 is half width (Zen 4), base-3 elsewhere:

@@ -15,6 +15,10 @@ origin), and checks three rules:
 3. src/ffi/ and cli/ use only the public API: `crate::X` / `bit_ttt::X` where X is declared or
    re-exported `pub` at the crate root, never a path through an internal module.
 
+4. `unsafe` only in the folders that need it: kernels/ (SIMD), cuda/ (the driver), ffi/ (C
+   pointers) and storage/ (memory maps). Each block's SAFETY comment is enforced by clippy
+   (`undocumented_unsafe_blocks` in Cargo.toml's [lints]).
+
 Exit status 1 and a line per violation when a rule is broken. Python 3 standard library only.
 """
 import re
@@ -49,6 +53,8 @@ FLOORS = {
     "__internal": 10,
     "ffi": 11,
 }
+# The modules that may hold `unsafe`.
+UNSAFE_ALLOWED = {"kernels", "cuda", "ffi", "storage"}
 # Same-floor imports that are allowed (importer, imported).
 SAME_FLOOR = {("adapt", "state")}
 
@@ -347,6 +353,10 @@ def main():
             segs = u.split("::")
             if len(segs) > 1 and (segs[1] not in public or segs[1] == hidden_door):
                 problems.append(f"cli/{f.relative_to(ROOT / 'cli')} reaches past the public API: {u}")
+
+    for mod, text in sorted(texts.items()):
+        if top(mod) not in UNSAFE_ALLOWED and re.search(r"\bunsafe\b", text):
+            problems.append(f"{name(mod)} uses `unsafe` outside {', '.join(sorted(UNSAFE_ALLOWED))}")
 
     if "--graph" in sys.argv:
         for mod, deps in sorted(edges.items()):

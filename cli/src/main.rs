@@ -65,18 +65,13 @@ struct ConvertArgs {
     packing: String,
 }
 
+/// The flags every command that loads a model takes (`#[command(flatten)]`).
 #[derive(Args)]
-pub struct ModelArgs {
+pub struct LoadArgs {
     /// Hugging Face model folder (config.json, *.safetensors, tokenizer.json), or a file
     /// written by `bit-ttt convert`. Default: the sample model shipped in models/sample.
     #[arg(long, short)]
     model: Option<PathBuf>,
-    /// Worker threads (0 = one per core).
-    #[arg(long, default_value_t = 0)]
-    threads: usize,
-    /// Context length (0 = the model's maximum).
-    #[arg(long, default_value_t = 0)]
-    ctx: usize,
     /// Ternary kernel (portable, avx2, avx512vnni, neon, neondot); default: the fastest this CPU runs.
     #[arg(long)]
     kernel: Option<String>,
@@ -98,6 +93,43 @@ pub struct ModelArgs {
     gpu_layers: Option<usize>,
 }
 
+impl LoadArgs {
+    /// The model's path: `--model`, or else the shipped sample model.
+    fn path(&self) -> bit_ttt::Result<PathBuf> {
+        model_path(&self.model)
+    }
+
+    fn params(&self, n_threads: usize) -> bit_ttt::Result<ModelParams> {
+        Ok(ModelParams {
+            n_threads,
+            kernel: self
+                .kernel
+                .as_deref()
+                .map(bit_ttt::Isa::parse)
+                .transpose()?,
+            head: head_format(&self.head, self.int8_head)?,
+            device: bit_ttt::Device::parse(&self.device)?,
+            gpu_layers: self.gpu_layers,
+        })
+    }
+
+    fn kv_cache(&self) -> bit_ttt::Result<KvType> {
+        KvType::parse(&self.kv_cache)
+    }
+}
+
+#[derive(Args)]
+pub struct ModelArgs {
+    #[command(flatten)]
+    load: LoadArgs,
+    /// Worker threads (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Context length (0 = the model's maximum).
+    #[arg(long, default_value_t = 0)]
+    ctx: usize,
+}
+
 /// `--head`, or int8 for `--int8-head`, or native.
 fn head_format(head: &Option<String>, int8_head: bool) -> bit_ttt::Result<HeadFormat> {
     match head {
@@ -117,26 +149,12 @@ fn model_path(arg: &Option<PathBuf>) -> bit_ttt::Result<PathBuf> {
 
 impl ModelArgs {
     pub fn load(&self) -> bit_ttt::Result<(Model, Session)> {
-        let kernel = self
-            .kernel
-            .as_deref()
-            .map(bit_ttt::Isa::parse)
-            .transpose()?;
-        let model = Model::load(
-            model_path(&self.model)?,
-            &ModelParams {
-                n_threads: self.threads,
-                kernel,
-                head: head_format(&self.head, self.int8_head)?,
-                device: bit_ttt::Device::parse(&self.device)?,
-                gpu_layers: self.gpu_layers,
-            },
-        )?;
+        let model = Model::load(self.load.path()?, &self.load.params(self.threads)?)?;
         let session = Session::new(
             &model,
             &SessionParams {
                 n_ctx: self.ctx,
-                kv_cache: KvType::parse(&self.kv_cache)?,
+                kv_cache: self.load.kv_cache()?,
                 ..Default::default()
             },
         )?;
@@ -243,9 +261,8 @@ struct ScoreArgs {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// Hugging Face model folder or pre-packed file (default: the sample model).
-    #[arg(long, short)]
-    model: Option<PathBuf>,
+    #[command(flatten)]
+    load: LoadArgs,
     /// Thread counts to measure, e.g. 1,2.
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     threads: Vec<usize>,
@@ -257,24 +274,6 @@ struct BenchArgs {
     /// less scratch memory.
     #[arg(long, default_value_t = 512)]
     batch_size: usize,
-    /// Ternary kernel (default: the fastest this CPU runs).
-    #[arg(long)]
-    kernel: Option<String>,
-    /// Compute logits with an int8 copy of the output head (same as --head int8).
-    #[arg(long)]
-    int8_head: bool,
-    /// Output head format: native, int8 or int4.
-    #[arg(long)]
-    head: Option<String>,
-    /// KV cache type: f32 or f16.
-    #[arg(long, default_value = "f32")]
-    kv_cache: String,
-    /// Device: auto, cpu, cuda, cuda:N.
-    #[arg(long, default_value = "auto")]
-    device: String,
-    /// Layers to run on the GPU (default: all).
-    #[arg(long)]
-    gpu_layers: Option<usize>,
     /// One JSON line per thread count: {"threads", "kernel", "prefill_tok_s", "decode_tok_s",
     /// "load_s", "peak_rss_bytes"}.
     #[arg(long)]
@@ -521,7 +520,6 @@ fn bench_each_in_a_process(threads: &[usize]) -> bit_ttt::Result<()> {
 }
 
 fn bench(a: &BenchArgs) -> bit_ttt::Result<()> {
-    let kernel = a.kernel.as_deref().map(bit_ttt::Isa::parse).transpose()?;
     if a.prompt_tokens == 0 || a.gen_tokens < 2 {
         return Err(bit_ttt::Error::invalid_argument(
             "--prompt-tokens must be >= 1 and --gen-tokens >= 2",
@@ -543,8 +541,8 @@ fn bench(a: &BenchArgs) -> bit_ttt::Result<()> {
     if a.threads.len() > 1 {
         return bench_each_in_a_process(&a.threads);
     }
-    let path = model_path(&a.model)?;
-    let kv_cache = KvType::parse(&a.kv_cache)?;
+    let path = a.load.path()?;
+    let kv_cache = a.load.kv_cache()?;
     // Bandwidth first: its buffer must not count in the models' peak RSS.
     let bandwidths: Vec<f64> = a
         .threads
@@ -555,16 +553,7 @@ fn bench(a: &BenchArgs) -> bit_ttt::Result<()> {
         // Each thread count's own peak: the bandwidth buffer and the previous model are gone.
         reset_peak_rss();
         let start = std::time::Instant::now();
-        let model = Model::load(
-            &path,
-            &ModelParams {
-                n_threads: threads,
-                kernel,
-                head: head_format(&a.head, a.int8_head)?,
-                device: bit_ttt::Device::parse(&a.device)?,
-                gpu_layers: a.gpu_layers,
-            },
-        )?;
+        let model = Model::load(&path, &a.load.params(threads)?)?;
         let load_s = start.elapsed().as_secs_f64();
         let n_ctx = a.prompt_tokens + a.gen_tokens + 1;
         let mut session = Session::new(

@@ -226,8 +226,8 @@ pub extern "C" fn bit_ttt_model_load_memory(
 #[unsafe(no_mangle)]
 pub extern "C" fn bit_ttt_model_free(model: *mut bit_ttt_model) {
     if !model.is_null() {
-        // SAFETY: `model` came from Box::into_raw in this module and is freed once.
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // SAFETY: `model` came from Box::into_raw in this module and is freed once.
             drop(unsafe { Box::from_raw(model) })
         }));
     }

@@ -112,6 +112,7 @@ pub(super) unsafe fn gemm_neon(w: &PackedTernary, x: &QuantizedRows, r0: usize, 
         r0,
         acc,
         |r, q| unsafe { row_neon::<4>(r, q, blocks) },
+        // SAFETY: as for the four-token rows above, one token.
         |r, q| unsafe { row_neon::<1>(r, q, blocks) },
     );
 }
@@ -139,6 +140,7 @@ pub(super) unsafe fn gemm_dotprod(
         r0,
         acc,
         |r, q| unsafe { row_dotprod::<4>(r, q, blocks) },
+        // SAFETY: as for the four-token rows above, one token.
         |r, q| unsafe { row_dotprod::<1>(r, q, blocks) },
     );
 }

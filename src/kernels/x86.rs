@@ -269,6 +269,7 @@ pub(super) unsafe fn gemm_avx2(w: &PackedTernary, x: &QuantizedRows, r0: usize, 
         r0,
         acc,
         |r, q| unsafe { row_avx2::<4>(r, q, blocks) },
+        // SAFETY: as for the four-token rows above, one token.
         |r, q| unsafe { row_avx2::<1>(r, q, blocks) },
     );
 }

@@ -1,5 +1,5 @@
 //! `bit-ttt adapt` (train a session's adapters on a text, optionally saving the session) and
-//! `bit-ttt adapt-bench` (the split-half measurement of ../shared/design/ADAPT.md).
+//! `bit-ttt adapt-bench` (the split-half measurement of docs/ADAPT.md).
 
 use std::path::PathBuf;
 use std::time::Instant;

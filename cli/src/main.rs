@@ -19,7 +19,7 @@ use serde_json::json;
 #[command(
     name = "bit-ttt",
     version,
-    about = "Ternary (BitNet b1.58) LLM inference on CPU"
+    about = "Ternary (BitNet b1.58) LLM inference and test-time training, on CPU and NVIDIA GPUs"
 )]
 struct Cli {
     #[command(subcommand)]

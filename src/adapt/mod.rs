@@ -1,5 +1,5 @@
 //! `adapt`: test-time training of per-session LoRA adapters on the frozen ternary model
-//! (../shared/design/ADAPT.md). Text → windows of `chunk_tokens` → for each epoch and window:
+//! (docs/ADAPT.md). Text → windows of `chunk_tokens` → for each epoch and window:
 //! forward with a tape, mean next-token loss, backward into A and B only, clip, AdamW.
 
 pub mod backward;

@@ -9,12 +9,13 @@ mod adapt;
 
 use crate::adapt::Trainer;
 use crate::error::{Error, ErrorKind, Result};
+use crate::model::caches::{Caches, Pass};
 use crate::rng::Rng;
 use crate::sampling::{self, SamplingParams};
 use crate::state::SessionState;
 use crate::text::stop::StopMatcher;
 use crate::text::stream::Detokenizer;
-use crate::transformer::kv_cache::{KvCache, KvType};
+use crate::transformer::kv_cache::KvType;
 use crate::{Model, TokenId};
 
 /// Options for a session.
@@ -192,7 +193,9 @@ impl Drop for ClearOnDrop<'_> {
 /// Generation state over one model. One call at a time (`&mut self`).
 pub struct Session {
     model: Model,
-    cache: KvCache,
+    /// Keys and values of the context, on the CPU and, for a model with layers on the GPU, there
+    /// (which passes use while the session holds no adapters: they train and run on the CPU).
+    kv: Caches,
     /// Tokens whose keys and values are in the cache.
     tokens: Vec<TokenId>,
     /// Generated tokens not yet run through the model (the last token of a finished call).
@@ -206,65 +209,11 @@ pub struct Session {
     trainer: Option<Trainer>,
     /// The adapters changed since the KV cache was filled: recompute it before next use.
     kv_stale: bool,
-    /// Keys and values of the layers on the GPU, for a model loaded with a CUDA device. The
-    /// session computes there while it holds no adapters (`on_gpu`); `cache` then holds only
-    /// the layers the CPU runs.
-    #[cfg(feature = "cuda")]
-    gpu: Option<crate::cuda::GpuCache>,
 }
-
-/// What a forward pass gives back: final-normed hidden states (the CPU computes the logits
-/// from them) or logits the GPU computed.
-enum Pass {
-    Hidden(Vec<f32>),
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    Logits(Vec<f32>),
-}
-
-/// The GPU side of a forward pass: the model's GPU part and a cache of its layers.
-#[cfg(feature = "cuda")]
-type GpuSide<'a> = Option<(&'a crate::cuda::GpuCore, &'a mut crate::cuda::GpuCache)>;
-#[cfg(not(feature = "cuda"))]
-type GpuSide<'a> = Option<(std::convert::Infallible, &'a mut ())>;
-
-/// One forward pass of `chunk`: on the GPU when `gpu` is given (its layers there, the rest on
-/// the CPU), else on the CPU with the session's adapters. `all_logits`: the GPU returns every
-/// token's logits, not only the last one's.
-fn run_chunk(
-    model: &Model,
-    cache: &mut KvCache,
-    gpu: GpuSide,
-    chunk: &[TokenId],
-    adapters: Option<&crate::transformer::lora::Adapters>,
-    all_logits: bool,
-) -> Result<Pass> {
-    let tf = model.transformer();
-    #[cfg(feature = "cuda")]
-    if let Some((core, gcache)) = gpu {
-        let x = tf.embed(chunk)?;
-        if core.is_full() {
-            return Ok(Pass::Logits(core.forward(gcache, &x, all_logits)?));
-        }
-        let h = core.forward_hidden(gcache, &x)?;
-        let first = core.n_layers();
-        return Ok(Pass::Hidden(
-            model.compute(|| tf.forward_from(cache, h, first))?,
-        ));
-    }
-    #[cfg(not(feature = "cuda"))]
-    let _ = (gpu, all_logits);
-    Ok(Pass::Hidden(model.compute(|| {
-        tf.forward_with(cache, chunk, adapters, None)
-    })?))
-}
-
-/// Keys or values of every layer, `[len][kv_dim]` each (the session-state layout).
-type LayerRows = Vec<Vec<f32>>;
 
 /// What the sampler picks from: a row of logits, or the best candidates the GPU selected.
 enum Scores {
     Logits(Vec<f32>),
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     Top(Vec<(TokenId, f32)>),
 }
 
@@ -286,7 +235,7 @@ impl Session {
         }
         Ok(Session {
             model: model.clone(),
-            cache: KvCache::new(cfg, n_ctx, params.kv_cache),
+            kv: Caches::new(model, n_ctx, params.kv_cache, true)?,
             tokens: Vec::new(),
             unfed: Vec::new(),
             rng: Rng::new(params.seed),
@@ -295,57 +244,23 @@ impl Session {
             n_batch: params.n_batch,
             trainer: None,
             kv_stale: false,
-            #[cfg(feature = "cuda")]
-            gpu: model.gpu().map(|g| g.new_cache(n_ctx)).transpose()?,
         })
     }
 
     /// Whether passes run on the GPU now: the model has layers there and the session holds no
     /// adapters (they are trained and applied on the CPU).
     fn on_gpu(&self) -> bool {
-        #[cfg(feature = "cuda")]
-        return self.gpu.is_some() && self.trainer.is_none();
-        #[cfg(not(feature = "cuda"))]
-        false
+        self.kv.has_gpu() && self.trainer.is_none()
     }
 
     /// Brings the keys and values of the GPU's layers into the CPU cache (before adapters take
     /// the session to the CPU), so the context carries over without being recomputed.
     pub(crate) fn move_kv_to_cpu(&mut self) -> Result<()> {
-        #[cfg(feature = "cuda")]
-        if self.on_gpu() {
-            if !self.kv_stale && !self.tokens.is_empty() {
-                let (k, v) = self.kv_snapshot()?;
-                self.cache.restore(&k, &v, self.tokens.len());
-            }
-            if let Some(g) = self.gpu.as_mut() {
-                g.clear();
-            }
+        if !self.on_gpu() {
+            return Ok(());
         }
-        Ok(())
-    }
-
-    /// Every layer's keys and values, `[len][kv_dim]`, wherever they are held.
-    fn kv_snapshot(&self) -> Result<(LayerRows, LayerRows)> {
-        #[cfg(feature = "cuda")]
-        if self.on_gpu()
-            && let Some(g) = &self.gpu
-        {
-            let cfg = self.model.config();
-            let on_gpu = self.model.gpu_layers();
-            let (mut ks, mut vs) = (Vec::new(), Vec::new());
-            for li in 0..cfg.num_layers {
-                let (k, v) = if li < on_gpu {
-                    g.layer_rows(li, cfg.kv_dim())?
-                } else {
-                    self.cache.layer_rows(li, self.tokens.len())
-                };
-                ks.push(k);
-                vs.push(v);
-            }
-            return Ok((ks, vs));
-        }
-        Ok(self.cache.snapshot())
+        let copy = !self.kv_stale;
+        self.kv.move_to_cpu(&self.model, self.tokens.len(), copy)
     }
 
     pub fn model(&self) -> &Model {
@@ -353,7 +268,7 @@ impl Session {
     }
     /// Context length in tokens.
     pub fn n_ctx(&self) -> usize {
-        self.cache.capacity()
+        self.kv.capacity()
     }
     /// Tokens in the context (prompts and generated text so far).
     pub fn tokens(&self) -> Vec<TokenId> {
@@ -370,11 +285,7 @@ impl Session {
     /// Resets the chosen parts of the session's state.
     pub fn reset_parts(&mut self, parts: ResetParts) {
         if parts.contains(ResetParts::CONTEXT) {
-            self.cache.clear();
-            #[cfg(feature = "cuda")]
-            if let Some(g) = self.gpu.as_mut() {
-                g.clear();
-            }
+            self.kv.clear();
             self.tokens.clear();
             self.unfed.clear();
             self.kv_stale = false;
@@ -395,14 +306,15 @@ impl Session {
     /// When the keys and values cannot be read back from the GPU (a device fault).
     pub fn save_state(&self) -> Vec<u8> {
         let (k, v) = self
-            .kv_snapshot()
+            .kv
+            .snapshot(&self.model, self.tokens.len(), self.on_gpu())
             .expect("reading the KV cache back from the GPU");
         SessionState {
             fingerprint: self.model.fingerprint(),
             tokens: self.tokens.clone(),
             unfed: self.unfed.clone(),
             rng: self.rng.state(),
-            kv_dim: self.cache.kv_dim(),
+            kv_dim: self.kv.cpu.kv_dim(),
             k,
             v,
             kv_stale: self.kv_stale,
@@ -431,13 +343,8 @@ impl Session {
             .as_ref()
             .map(|t| Trainer::from_blob(&self.model.transformer().weights, t))
             .transpose()?;
-        #[cfg(feature = "cuda")]
-        if trainer.is_none()
-            && let Some(g) = self.gpu.as_mut()
-        {
-            g.restore(&s.k, &s.v, s.tokens.len())?;
-        }
-        self.cache.restore(&s.k, &s.v, s.tokens.len());
+        self.kv
+            .restore(&s.k, &s.v, s.tokens.len(), trainer.is_none())?;
         self.trainer = trainer;
         self.kv_stale = s.kv_stale;
         self.tokens = s.tokens;
@@ -478,47 +385,25 @@ impl Session {
         Ok(last)
     }
 
-    /// A forward pass of `chunk` on the session's caches (see `run_chunk`).
+    /// A forward pass of `chunk` on the session's caches, with its adapters (see
+    /// `Caches::forward`).
     fn pass(&mut self, chunk: &[TokenId], all_logits: bool) -> Result<Pass> {
-        let model = self.model.clone();
-        let on_gpu = self.on_gpu();
-        #[cfg(feature = "cuda")]
-        let gpu: GpuSide = if on_gpu {
-            match (model.gpu(), self.gpu.as_mut()) {
-                (Some(core), Some(cache)) => Some((&**core, cache)),
-                _ => None,
-            }
-        } else {
-            None
-        };
-        #[cfg(not(feature = "cuda"))]
-        let gpu: GpuSide = {
-            let _ = on_gpu;
-            None
-        };
         let adapters = self.trainer.as_ref().map(|t| &t.adapters);
-        run_chunk(&model, &mut self.cache, gpu, chunk, adapters, all_logits)
+        self.kv.forward(&self.model, chunk, adapters, all_logits)
     }
 
     /// Runs one generated token; the sampler's candidates come from the GPU (`k` of them) when
     /// the whole model is there, else the row of logits.
     fn feed_next(&mut self, token: TokenId, k: Option<usize>) -> Result<Option<Scores>> {
-        #[cfg(feature = "cuda")]
         if let Some(k) = k
             && self.on_gpu()
             && !self.kv_stale
             && !self.cancelled()
-            && let (Some(core), Some(cache)) = (self.model.gpu(), self.gpu.as_mut())
-            && core.is_full()
-            && k <= core.max_candidates()
+            && let Some(top) = self.kv.forward_top(&self.model, token, k)?
         {
-            let x = self.model.transformer().embed(&[token])?;
-            let top = core.forward_top(cache, &x, k)?;
             self.tokens.push(token);
             return Ok(Some(Scores::Top(top)));
         }
-        #[cfg(not(feature = "cuda"))]
-        let _ = k;
         Ok(self.feed(&[token])?.map(Scores::Logits))
     }
 
@@ -742,12 +627,12 @@ impl Session {
             ));
         }
         let cfg = self.model.config();
-        let mut cache = KvCache::new(cfg, tokens.len(), self.cache.kv_type());
-        #[cfg(feature = "cuda")]
-        let mut gcache = match (self.on_gpu(), self.model.gpu()) {
-            (true, Some(core)) => Some(core.new_cache(tokens.len())?),
-            _ => None,
-        };
+        let mut kv = Caches::new(
+            &self.model,
+            tokens.len(),
+            self.kv.cpu.kv_type(),
+            self.on_gpu(),
+        )?;
         let mut nll = Vec::with_capacity(tokens.len() - 1);
         let model = self.model.clone();
         let (h, vocab) = (cfg.hidden_size, cfg.vocab_size);
@@ -768,15 +653,8 @@ impl Session {
             if self.cancelled() {
                 return Err(Error::new(ErrorKind::Cancelled, "score was cancelled"));
             }
-            #[cfg(feature = "cuda")]
-            let gpu: GpuSide = match (model.gpu(), gcache.as_mut()) {
-                (Some(core), Some(c)) => Some((&**core, c)),
-                _ => None,
-            };
-            #[cfg(not(feature = "cuda"))]
-            let gpu: GpuSide = None;
             let adapters = self.trainer.as_ref().map(|t| &t.adapters);
-            match run_chunk(&model, &mut cache, gpu, chunk, adapters, true)? {
+            match kv.forward(&model, chunk, adapters, true)? {
                 Pass::Logits(l) => score_rows(ci * step, &l),
                 Pass::Hidden(hidden) => {
                     // Logits a few rows at a time: never a [tokens, vocab] matrix for large

@@ -5,6 +5,7 @@ use super::{ClearOnDrop, Session};
 use crate::TokenId;
 use crate::adapt::{self, AdaptParams, AdaptProgress, AdaptResult, Trainer};
 use crate::error::{Error, ErrorKind, Result};
+use crate::model::caches::Caches;
 use crate::transformer::kv_cache::KvCache;
 
 impl Session {
@@ -58,7 +59,7 @@ impl Session {
                     return Err(Error::new(ErrorKind::Cancelled, "adapt was cancelled"));
                 }
                 let trainer = self.trainer.as_mut().expect("ensured above");
-                let mut cache = KvCache::new(&cfg, w.len(), self.cache.kv_type());
+                let mut cache = KvCache::new(&cfg, w.len(), self.kv.cpu.kv_type());
                 let step =
                     model.compute(|| trainer.step(tf, &mut cache, &tokens[w.clone()], params))?;
                 if !params.keep_kv && !self.tokens.is_empty() {
@@ -152,7 +153,7 @@ impl Session {
             }
             let window = &input[w.clone()];
             let trainer = self.trainer.as_mut().expect("ensured above");
-            let cache = &mut self.cache;
+            let cache = &mut self.kv.cpu;
             let step = match model.compute(|| trainer.step(tf, cache, window, params)) {
                 Ok(step) => step,
                 Err(e) => {
@@ -184,7 +185,7 @@ impl Session {
         // A lone token (nothing to score) is read without a step.
         if outcome.is_ok() && !stopped && read < input.len() {
             let rest = &input[read..];
-            let cache = &mut self.cache;
+            let cache = &mut self.kv.cpu;
             let adapters = self.trainer.as_ref().map(|t| &t.adapters);
             model.compute(|| tf.forward_with(cache, rest, adapters, None))?;
             self.tokens.extend_from_slice(rest);
@@ -269,14 +270,9 @@ impl Session {
             self.kv_stale = false;
             return Ok(());
         }
-        let cfg = self.model.config();
-        let mut cache = KvCache::new(cfg, self.cache.capacity(), self.cache.kv_type());
+        let (capacity, kv_type) = (self.kv.capacity(), self.kv.cpu.kv_type());
+        let mut kv = Caches::new(&self.model, capacity, kv_type, self.on_gpu())?;
         let model = self.model.clone();
-        #[cfg(feature = "cuda")]
-        let mut gcache = match (self.on_gpu(), model.gpu()) {
-            (true, Some(core)) => Some(core.new_cache(self.cache.capacity())?),
-            _ => None,
-        };
         let adapters = self.trainer.as_ref().map(|t| &t.adapters);
         for chunk in self.tokens.chunks(self.n_batch) {
             if self.cancel.load(std::sync::atomic::Ordering::SeqCst) {
@@ -285,20 +281,9 @@ impl Session {
                     "cancelled while recomputing the context",
                 ));
             }
-            #[cfg(feature = "cuda")]
-            let gpu: super::GpuSide = match (model.gpu(), gcache.as_mut()) {
-                (Some(core), Some(c)) => Some((&**core, c)),
-                _ => None,
-            };
-            #[cfg(not(feature = "cuda"))]
-            let gpu: super::GpuSide = None;
-            super::run_chunk(&model, &mut cache, gpu, chunk, adapters, false)?;
+            kv.forward(&model, chunk, adapters, false)?;
         }
-        self.cache = cache;
-        #[cfg(feature = "cuda")]
-        if let Some(g) = gcache {
-            self.gpu = Some(g);
-        }
+        self.kv.adopt(kv);
         self.kv_stale = false;
         Ok(())
     }
@@ -340,7 +325,7 @@ impl Session {
             }
             let end = (p + stride).min(tokens.len());
             let start = end.saturating_sub(window);
-            let mut cache = KvCache::new(&cfg, end - start, self.cache.kv_type());
+            let mut cache = KvCache::new(&cfg, end - start, self.kv.cpu.kv_type());
             let mut hidden = Vec::new();
             for chunk in tokens[start..end].chunks(self.n_batch) {
                 hidden

@@ -207,7 +207,6 @@ impl Transformer {
     /// Layers `first..` and the final norm on hidden states `x` that layers `..first` produced
     /// elsewhere (on the GPU, with a model offloaded in part); appends to the cache's layers
     /// `first..` and advances it.
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     pub(crate) fn forward_from(
         &self,
         cache: &mut KvCache,

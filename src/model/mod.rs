@@ -1,14 +1,17 @@
 //! The loaded model the API hands out: weights laid out for the chosen kernels, the tokenizer,
 //! the worker threads, and the GPU part when there is one. Immutable once loaded and shared by
-//! every session; also the one-shot conversions (`convert`) and the memory estimate.
+//! every session; also the one-shot conversions (`convert`) and the memory estimate. `caches`
+//! is the seam between CPU and GPU that sessions compute through; `gpu` the GPU side, a stub
+//! when the `cuda` feature is off.
+
+pub(crate) mod caches;
+mod gpu;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use crate::config::{self, Config};
-#[cfg(feature = "cuda")]
-use crate::cuda;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::kernels::{self, Isa};
@@ -73,8 +76,7 @@ struct ModelInner {
     fingerprint: u64,
     pool: kernels::pool::Pool,
     /// The layers (and maybe the head) uploaded to the GPU.
-    #[cfg(feature = "cuda")]
-    gpu: Option<Arc<cuda::GpuCore>>,
+    gpu: Option<Arc<gpu::Core>>,
 }
 
 /// A loaded model: immutable, cheap to clone (reference counted), shareable across threads and
@@ -166,20 +168,11 @@ impl Model {
             )
         });
         let transformer = pool.install(|| Transformer::new(weights, kernel.kernels(), params.head));
-        #[cfg(feature = "cuda")]
-        let gpu = gpu_for(&transformer, params)?;
-        #[cfg(not(feature = "cuda"))]
-        if let Device::Cuda(_) = params.device {
-            return Err(Error::unsupported(format!(
-                "device {}: this build of bit_ttt has no CUDA support (cargo feature `cuda`)",
-                params.device.name()
-            )));
-        }
+        let gpu = gpu::load(&transformer, params)?;
         let model = Model(Arc::new(ModelInner {
             bos_token: tokenizer.bos_token.clone(),
             eos_token: tokenizer.eos_token.clone(),
             transformer,
-            #[cfg(feature = "cuda")]
             gpu,
             tokenizer,
             stop_tokens,
@@ -223,11 +216,10 @@ impl Model {
 
     /// Where the model computes: "cpu", or "cuda:0 <GPU name> (L/N layers)".
     pub fn device(&self) -> String {
-        #[cfg(feature = "cuda")]
         if let Some(g) = &self.0.gpu {
             return format!(
                 "cuda:0 {} ({}/{} layers{})",
-                cuda::describe(),
+                gpu::describe(),
                 g.n_layers(),
                 self.config().num_layers,
                 if g.is_full() { " and the head" } else { "" }
@@ -238,16 +230,11 @@ impl Model {
 
     /// Layers that run on the GPU (0: the model runs on the CPU).
     pub fn gpu_layers(&self) -> usize {
-        #[cfg(feature = "cuda")]
-        if let Some(g) = &self.0.gpu {
-            return g.n_layers();
-        }
-        0
+        self.0.gpu.as_ref().map_or(0, |g| g.n_layers())
     }
 
-    #[cfg(feature = "cuda")]
-    pub(crate) fn gpu(&self) -> Option<&Arc<cuda::GpuCore>> {
-        self.0.gpu.as_ref()
+    pub(crate) fn gpu(&self) -> Option<&gpu::Core> {
+        self.0.gpu.as_deref()
     }
 
     /// Number of worker threads the model computes with.
@@ -364,32 +351,6 @@ impl Model {
     /// Runs `f` on the model's worker pool.
     pub(crate) fn compute<R>(&self, f: impl FnOnce() -> R) -> R {
         self.0.pool.install(f)
-    }
-}
-
-/// The GPU part of a model loaded with `params`: None for the CPU. An explicit CUDA device that
-/// cannot be used is an error naming why; `Auto` then falls back to the CPU and logs why.
-#[cfg(feature = "cuda")]
-fn gpu_for(tf: &Transformer, params: &ModelParams) -> Result<Option<Arc<cuda::GpuCore>>> {
-    let n_layers = params
-        .gpu_layers
-        .unwrap_or(usize::MAX)
-        .min(tf.weights.layers.len());
-    match params.device {
-        Device::Cpu => Ok(None),
-        Device::Cuda(i) if i != 0 => Err(Error::unsupported(format!(
-            "device cuda:{i}: this build drives one GPU, cuda:0"
-        ))),
-        _ if n_layers == 0 => Ok(None),
-        Device::Cuda(_) => Ok(Some(Arc::new(cuda::GpuCore::new(tf, n_layers)?))),
-        Device::Auto => match cuda::GpuCore::new(tf, n_layers) {
-            Ok(core) => Ok(Some(Arc::new(core))),
-            Err(e) if e.kind() == crate::error::ErrorKind::Unsupported => {
-                log::log(log::Level::Info, || format!("running on the CPU: {e}"));
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        },
     }
 }
 

@@ -16,9 +16,13 @@ use cudarc::driver::{
 
 use crate::error::{Error, ErrorKind, Result};
 
-mod model;
-pub(crate) use model::GpuCore;
-pub use model::{GpuCache, MAX_CANDIDATES, Profile};
+mod cache;
+mod forward;
+mod launch;
+mod upload;
+pub use cache::GpuCache;
+pub use launch::{MAX_CANDIDATES, Profile};
+pub(crate) use upload::GpuCore;
 
 /// The kernels' source, for NVRTC when no fatbin was built.
 const SOURCE: &str = include_str!("../../kernels/bitnet.cu");

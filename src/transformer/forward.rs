@@ -21,16 +21,6 @@ const FFN_ROWS: usize = 64;
 /// (4 MB a layer on 2B4T) stay in cache across a prompt's slices.
 const ATTN_ROWS: usize = 128;
 
-/// A feed-forward block's intermediates (kept for `adapt`) and output.
-struct FeedForward {
-    h2: Vec<f32>,
-    gate: Vec<f32>,
-    up: Vec<f32>,
-    glu: Vec<f32>,
-    glu_normed: Vec<f32>,
-    out: Vec<f32>,
-}
-
 /// The model with the tables its forward pass needs.
 pub struct Transformer {
     pub weights: Weights,
@@ -227,6 +217,10 @@ impl Transformer {
         self.layers_from(cache, x, first, None, None)
     }
 
+    /// The blocks `first..` and the final norm, as the paper writes them:
+    /// x += Attention(RMSNorm(x)); x += FFN(RMSNorm(x)). With a tape, the layers it covers keep
+    /// what the backward pass needs (`LayerTape`, filled at the named points below); the math
+    /// is the same either way.
     fn layers_from(
         &self,
         cache: &mut KvCache,
@@ -236,7 +230,7 @@ impl Transformer {
         mut tape: Option<&mut Tape>,
     ) -> Result<Vec<f32>> {
         let cfg = &self.weights.config;
-        let n = x.len() / cfg.hidden_size;
+        let (hidden, n) = (cfg.hidden_size, x.len() / cfg.hidden_size);
         let scale = adapters.map_or(0.0, Adapters::scale);
         for (li, layer) in self.weights.layers.iter().enumerate().skip(first) {
             let lora = |p: usize| adapters.and_then(|a| a.get(li, p));
@@ -244,68 +238,40 @@ impl Transformer {
                 .as_deref()
                 .is_some_and(|t| li >= t.from_layer)
                 .then(LayerTape::default);
-            let mut u: [Option<Vec<f32>>; 7] = Default::default();
-            let lora_attn = [lora(0), lora(1), lora(2), lora(3)];
+            // Slices of rows in order, each appending its keys and values before its queries
+            // attend: what a smaller batch computes, so the same bits, while a 512-token
+            // prefill holds buffers of ATTN_ROWS rows instead of 21 MB. A recorded layer keeps
+            // whole-layer tensors: one slice.
             let past = cache.len();
-            if let Some(r) = rec.as_mut() {
-                let [u_q, u_k, u_v, u_o, ..] = &mut u;
+            let rows = if rec.is_some() { n } else { ATTN_ROWS };
+            for (i, xs) in x.chunks_mut(rows * hidden).enumerate() {
+                let at = (past + i * rows, xs.len() / hidden);
+                let lora_attn = [lora(0), lora(1), lora(2), lora(3)];
                 let o = self.attention_block(
-                    (layer, li),
-                    cache,
-                    (&x, n, past),
-                    (lora_attn, scale),
-                    Some((r, [u_q, u_k, u_v, u_o])),
-                );
-                x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
-                r.x_mid = x.clone();
-            } else {
-                // Slices of rows in order, each appending its keys and values before its
-                // queries attend: what a smaller batch computes, so the same bits, while a
-                // 512-token prefill holds buffers of ATTN_ROWS rows instead of 21 MB.
-                let hidden = cfg.hidden_size;
-                for (i, xs) in x.chunks_mut(ATTN_ROWS * hidden).enumerate() {
-                    let rows = xs.len() / hidden;
-                    let at = past + i * ATTN_ROWS;
-                    let o = self.attention_block(
-                        (layer, li),
-                        cache,
-                        (xs, rows, at),
-                        (lora_attn, scale),
-                        None,
-                    );
-                    xs.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
-                }
-            }
-
-            // Feed-forward.
-            let lora_ffn = [lora(4), lora(5), lora(6)];
-            if let Some(mut r) = rec {
-                let [_, _, _, _, u_gate, u_up, u_down] = &mut u;
-                let f = self.feed_forward(
                     layer,
-                    (&x, n),
-                    (lora_ffn, scale),
-                    [Some(u_gate), Some(u_up), Some(u_down)],
+                    li,
+                    cache,
+                    xs,
+                    at,
+                    (lora_attn, scale),
+                    rec.as_mut(),
                 );
-                x.iter_mut().zip(&f.out).for_each(|(x, d)| *x += d);
-                (r.h2, r.gate, r.up, r.glu, r.glu_normed) =
-                    (f.h2, f.gate, f.up, f.glu, f.glu_normed);
-                r.lora_u = u;
-                tape.as_deref_mut()
-                    .expect("recording implies a tape")
-                    .layers
-                    .push(r);
-            } else {
-                // Rows are independent from here to the residual add, so slices of them give
-                // the same bits with buffers of FFN_ROWS rows, not n (a 512-token prefill's
-                // gate, up and GLU rows would take 57 MB on 2B4T).
-                let hidden = cfg.hidden_size;
-                for xs in x.chunks_mut(FFN_ROWS * hidden) {
-                    let rows = xs.len() / hidden;
-                    let f =
-                        self.feed_forward(layer, (xs, rows), (lora_ffn, scale), [None, None, None]);
-                    xs.iter_mut().zip(&f.out).for_each(|(x, d)| *x += d);
-                }
+                xs.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
+            }
+            if let Some(r) = rec.as_mut() {
+                r.x_mid = x.clone();
+            }
+            // Rows are independent from here to the residual add, so slices of them give the
+            // same bits with buffers of FFN_ROWS rows, not n (a 512-token prefill's gate, up
+            // and GLU rows would take 57 MB on 2B4T).
+            let rows = if rec.is_some() { n } else { FFN_ROWS };
+            for xs in x.chunks_mut(rows * hidden) {
+                let lora_ffn = [lora(4), lora(5), lora(6)];
+                let f = self.feed_forward(layer, xs, (lora_ffn, scale), rec.as_mut());
+                xs.iter_mut().zip(&f).for_each(|(x, d)| *x += d);
+            }
+            if let (Some(r), Some(t)) = (rec, tape.as_deref_mut()) {
+                t.layers.push(r);
             }
         }
         cache.advance(n);
@@ -324,36 +290,42 @@ impl Transformer {
         Ok(x)
     }
 
-    /// The attention block of layer `li` on `n` rows of `x` at positions `past..`: their keys
-    /// and values are appended to the cache and the output projection returned (residual not
-    /// added). With `rec`, what `adapt` needs is recorded, and the LoRA inputs kept in `u`.
+    /// The attention block of layer `li` on the rows of `x` at positions `at.0..` (`at.1`
+    /// rows): their keys and values are appended to the cache and the output projection
+    /// returned (residual not added). `rec` keeps what `adapt` needs, LoRA inputs included.
+    #[allow(clippy::too_many_arguments)]
     fn attention_block(
         &self,
-        (layer, li): (&LayerWeights, usize),
+        layer: &LayerWeights,
+        li: usize,
         cache: &mut KvCache,
-        (x, n, past): (&[f32], usize, usize),
+        x: &[f32],
+        (past, n): (usize, usize),
         (lora, scale): ([Option<&Lora>; 4], f32),
-        rec: Option<(&mut LayerTape, [&mut Option<Vec<f32>>; 4])>,
+        mut rec: Option<&mut LayerTape>,
     ) -> Vec<f32> {
         let cfg = &self.weights.config;
-        let (rec, [u_q, u_k, u_v, u_o]) = match rec {
-            Some((r, u)) => (Some(r), u.map(Some)),
-            None => (None, [None, None, None, None]),
-        };
-        let on = rec.is_some();
-        // Without a record each buffer is dropped once used.
         let h = norm_rows(self.kernel, x, &layer.input_norm, cfg.rms_norm_eps);
-        let [mut q, mut k, v] = self.project_many(
-            [
-                (&layer.q, lora[0]),
-                (&layer.k, lora[1]),
-                (&layer.v, lora[2]),
-            ],
-            &Activations::new(&h, n),
-            scale,
-            [u_q, u_k, u_v],
-        );
-        let h = on.then_some(h);
+        let [mut q, mut k, v] = {
+            let u = rec.as_deref_mut().map(|r| &mut r.lora_u);
+            let [u_q, u_k, u_v] = match u {
+                Some([q, k, v, ..]) => [Some(q), Some(k), Some(v)],
+                None => [None, None, None],
+            };
+            self.project_many(
+                [
+                    (&layer.q, lora[0]),
+                    (&layer.k, lora[1]),
+                    (&layer.v, lora[2]),
+                ],
+                &Activations::new(&h, n),
+                scale,
+                [u_q, u_k, u_v],
+            )
+        };
+        // Without a record each buffer is dropped once used.
+        let keep = rec.is_some();
+        let h = keep.then_some(h);
         self.apply_rope(&mut q, &mut k, past);
         cache.push(li, &k, &v);
         drop((k, v));
@@ -362,40 +334,44 @@ impl Transformer {
             (Heads::F16(k), Heads::F16(v)) => self.attention(&q, k, v, past, n),
             _ => unreachable!("keys and values have one type"),
         };
-        let q = on.then_some(q);
+        let q = keep.then_some(q);
         let a_n = match &layer.attn_sub_norm {
             Some(w) => norm_rows(self.kernel, &a, w, cfg.rms_norm_eps),
             None => a.clone(),
         };
-        let a = on.then_some(a);
+        let a = keep.then_some(a);
+        let u_o = rec.as_deref_mut().map(|r| &mut r.lora_u[3]);
         let o = self.project((&layer.o, lora[3]), &Activations::new(&a_n, n), scale, u_o);
-        if let Some(r) = rec {
-            let kept = "recording keeps the attention's buffers";
-            r.x = x.to_vec();
-            r.h = h.expect(kept);
-            r.q = q.expect(kept);
-            r.attn = a.expect(kept);
-            r.attn_normed = a_n;
+        if let (Some(r), Some(h), Some(q), Some(a)) = (rec, h, q, a) {
+            (r.x, r.h, r.q, r.attn, r.attn_normed) = (x.to_vec(), h, q, a, a_n);
         }
         o
     }
 
-    /// The feed-forward block of `layer` on `n` rows of `x` (residual not added).
+    /// The feed-forward block of `layer` on the rows of `x` (residual not added); `rec` keeps
+    /// what `adapt` needs.
     fn feed_forward(
         &self,
         layer: &LayerWeights,
-        (x, n): (&[f32], usize),
+        x: &[f32],
         (lora, scale): ([Option<&Lora>; 3], f32),
-        [u_gate, u_up, u_down]: [Option<&mut Option<Vec<f32>>>; 3],
-    ) -> FeedForward {
+        mut rec: Option<&mut LayerTape>,
+    ) -> Vec<f32> {
         let cfg = &self.weights.config;
+        let n = x.len() / cfg.hidden_size;
         let h2 = norm_rows(self.kernel, x, &layer.post_attention_norm, cfg.rms_norm_eps);
-        let [gate, up] = self.project_many(
-            [(&layer.gate, lora[0]), (&layer.up, lora[1])],
-            &Activations::new(&h2, n),
-            scale,
-            [u_gate, u_up],
-        );
+        let [gate, up] = {
+            let [u_gate, u_up] = match rec.as_deref_mut().map(|r| &mut r.lora_u) {
+                Some([.., g, u, _]) => [Some(g), Some(u)],
+                None => [None, None],
+            };
+            self.project_many(
+                [(&layer.gate, lora[0]), (&layer.up, lora[1])],
+                &Activations::new(&h2, n),
+                scale,
+                [u_gate, u_up],
+            )
+        };
         let mut m = vec![0.0f32; gate.len()];
         const GLU_TASK: usize = 1 << 14;
         pool::chunks_mut(&mut m, GLU_TASK, |i, o| {
@@ -415,20 +391,17 @@ impl Transformer {
             Some(w) => norm_rows(self.kernel, &m, w, cfg.rms_norm_eps),
             None => m.clone(),
         };
+        let u_down = rec.as_deref_mut().map(|r| &mut r.lora_u[6]);
         let out = self.project(
             (&layer.down, lora[2]),
             &Activations::new(&m_n, n),
             scale,
             u_down,
         );
-        FeedForward {
-            h2,
-            gate,
-            up,
-            glu: m,
-            glu_normed: m_n,
-            out,
+        if let Some(r) = rec {
+            (r.h2, r.gate, r.up, r.glu, r.glu_normed) = (h2, gate, up, m, m_n);
         }
+        out
     }
 
     /// Input embeddings `[tokens.len(), hidden]`; a token outside the vocabulary is an error.

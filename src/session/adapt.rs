@@ -29,11 +29,11 @@ impl Session {
         &mut self,
         tokens: &[TokenId],
         params: &AdaptParams,
-        mut progress: impl FnMut(&AdaptProgress) -> bool,
+        progress: impl FnMut(&AdaptProgress) -> bool,
     ) -> Result<AdaptResult> {
         let cancel = self.cancel.clone();
         let _clear = ClearOnDrop(&cancel);
-        let cfg = self.check_adapt_input(tokens, params)?;
+        self.check_adapt_input(tokens, params)?;
         let windows = adapt::windows(tokens.len(), params.chunk_tokens);
         if windows.is_empty() {
             return Err(Error::invalid_argument(format!(
@@ -42,48 +42,22 @@ impl Session {
             )));
         }
         self.ensure_trainer(params)?;
-        let total = windows.len() * params.epochs;
-        let start = std::time::Instant::now();
-        let mut result = AdaptResult {
-            steps: 0,
-            tokens: tokens.len(),
-            first_loss: f32::NAN,
-            last_loss: f32::NAN,
-            seconds: 0.0,
-        };
-        let model = self.model.clone();
-        let tf = model.transformer();
+        let mut tally = Tally::new(tokens.len(), windows.len() * params.epochs, progress);
         'epochs: for _ in 0..params.epochs {
             for w in &windows {
                 if self.cancelled() {
                     return Err(Error::new(ErrorKind::Cancelled, "adapt was cancelled"));
                 }
-                let trainer = self.trainer.as_mut().expect("ensured above");
-                let mut cache = KvCache::new(&cfg, w.len(), self.kv.cpu.kv_type());
-                let step =
-                    model.compute(|| trainer.step(tf, &mut cache, &tokens[w.clone()], params))?;
+                let step = self.train_step(&tokens[w.clone()], params, false)?;
                 if !params.keep_kv && !self.tokens.is_empty() {
                     self.kv_stale = true;
                 }
-                result.steps += 1;
-                if result.steps == 1 {
-                    result.first_loss = step.loss;
-                }
-                result.last_loss = step.loss;
-                result.seconds = start.elapsed().as_secs_f64();
-                let go_on = progress(&AdaptProgress {
-                    step: result.steps,
-                    total_steps: total,
-                    loss: step.loss,
-                    grad_norm: step.grad_norm,
-                });
-                if !go_on {
+                if !tally.step(&step) {
                     break 'epochs;
                 }
             }
         }
-        result.seconds = start.elapsed().as_secs_f64();
-        Ok(result)
+        Ok(tally.finish())
     }
 
     /// Online test-time training while reading: appends `text` to the context (BOS added when
@@ -112,7 +86,7 @@ impl Session {
         &mut self,
         tokens: &[TokenId],
         params: &AdaptParams,
-        mut progress: impl FnMut(&AdaptProgress) -> bool,
+        progress: impl FnMut(&AdaptProgress) -> bool,
     ) -> Result<AdaptResult> {
         let cancel = self.cancel.clone();
         let _clear = ClearOnDrop(&cancel);
@@ -133,14 +107,7 @@ impl Session {
         // The last token stays unfed: the next generate runs it and samples from its logits.
         let last = input.pop().expect("at least 2 tokens");
         let windows = adapt::windows(input.len(), params.chunk_tokens);
-        let start = std::time::Instant::now();
-        let mut result = AdaptResult {
-            steps: 0,
-            tokens: tokens.len(),
-            first_loss: f32::NAN,
-            last_loss: f32::NAN,
-            seconds: 0.0,
-        };
+        let mut tally = Tally::new(tokens.len(), windows.len(), progress);
         let model = self.model.clone();
         let tf = model.transformer();
         let mut read = 0;
@@ -152,9 +119,7 @@ impl Session {
                 break;
             }
             let window = &input[w.clone()];
-            let trainer = self.trainer.as_mut().expect("ensured above");
-            let cache = &mut self.kv.cpu;
-            let step = match model.compute(|| trainer.step(tf, cache, window, params)) {
+            let step = match self.train_step(window, params, true) {
                 Ok(step) => step,
                 Err(e) => {
                     outcome = Err(e);
@@ -166,18 +131,7 @@ impl Session {
             if !params.keep_kv {
                 self.kv_stale = true;
             }
-            result.steps += 1;
-            if result.steps == 1 {
-                result.first_loss = step.loss;
-            }
-            result.last_loss = step.loss;
-            let go_on = progress(&AdaptProgress {
-                step: result.steps,
-                total_steps: windows.len(),
-                loss: step.loss,
-                grad_norm: step.grad_norm,
-            });
-            if !go_on {
+            if !tally.step(&step) {
                 stopped = true;
                 break;
             }
@@ -197,25 +151,39 @@ impl Session {
             // Stopped before the tokens a previous generate left unfed were read: keep them.
             self.unfed = input[read..pending].to_vec();
         }
-        result.seconds = start.elapsed().as_secs_f64();
-        outcome.map(|()| result)
+        outcome.map(|()| tally.finish())
     }
 
-    /// Validates adapt parameters and token ids; returns the model's config.
-    fn check_adapt_input(
-        &self,
-        tokens: &[TokenId],
+    /// One AdamW step of the session's adapters on `window`: scored from the start of a
+    /// context of its own, or (`in_context`, online) after the session's context, to which its
+    /// keys and values are then appended.
+    fn train_step(
+        &mut self,
+        window: &[TokenId],
         params: &AdaptParams,
-    ) -> Result<crate::config::Config> {
+        in_context: bool,
+    ) -> Result<adapt::Step> {
+        let model = self.model.clone();
+        let trainer = self.trainer.as_mut().expect("ensure_trainer ran");
+        let tf = model.transformer();
+        if in_context {
+            let cache = &mut self.kv.cpu;
+            return model.compute(|| trainer.step(tf, cache, window, params));
+        }
+        let mut cache = KvCache::new(model.config(), window.len(), self.kv.cpu.kv_type());
+        model.compute(|| trainer.step(tf, &mut cache, window, params))
+    }
+
+    /// Validates adapt parameters and token ids.
+    fn check_adapt_input(&self, tokens: &[TokenId], params: &AdaptParams) -> Result<()> {
         params.validate()?;
-        let cfg = self.model.config().clone();
-        if let Some(bad) = tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+        let vocab = self.model.config().vocab_size;
+        if let Some(bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
             return Err(Error::invalid_argument(format!(
-                "adapt: token {bad} is outside the vocabulary ({})",
-                cfg.vocab_size
+                "adapt: token {bad} is outside the vocabulary ({vocab})"
             )));
         }
-        Ok(cfg)
+        Ok(())
     }
 
     /// Creates the adapters on first use; refuses parameters of another shape than the
@@ -352,5 +320,53 @@ impl Session {
     /// adapters: the measuring stick of `adapt`. The session's context is left as it was.
     pub fn eval_nll(&mut self, text: &str) -> Result<f64> {
         Ok(self.score(text)?.nll_mean())
+    }
+}
+
+/// What both adapt loops keep of their steps: the count, the first and last loss, the time;
+/// each step is reported to the caller's `progress`.
+struct Tally<F> {
+    result: AdaptResult,
+    total: usize,
+    start: std::time::Instant,
+    progress: F,
+}
+
+impl<F: FnMut(&AdaptProgress) -> bool> Tally<F> {
+    fn new(tokens: usize, total: usize, progress: F) -> Self {
+        Tally {
+            result: AdaptResult {
+                steps: 0,
+                tokens,
+                first_loss: f32::NAN,
+                last_loss: f32::NAN,
+                seconds: 0.0,
+            },
+            total,
+            start: std::time::Instant::now(),
+            progress,
+        }
+    }
+
+    /// Counts `step` and reports it; false when `progress` asks to stop.
+    fn step(&mut self, step: &adapt::Step) -> bool {
+        let r = &mut self.result;
+        r.steps += 1;
+        if r.steps == 1 {
+            r.first_loss = step.loss;
+        }
+        r.last_loss = step.loss;
+        r.seconds = self.start.elapsed().as_secs_f64();
+        (self.progress)(&AdaptProgress {
+            step: r.steps,
+            total_steps: self.total,
+            loss: step.loss,
+            grad_norm: step.grad_norm,
+        })
+    }
+
+    fn finish(mut self) -> AdaptResult {
+        self.result.seconds = self.start.elapsed().as_secs_f64();
+        self.result
     }
 }

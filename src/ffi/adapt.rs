@@ -2,7 +2,7 @@
 
 use std::ffi::{c_char, c_void};
 
-use super::boundary::{call, out_struct, params, write_out};
+use super::boundary::{call, out_ptr, out_struct, params, write_out};
 use super::job::{JobShared, Outcome, bit_ttt_job, job_shared, spawn};
 use super::session::{bit_ttt_session, with_session};
 use super::status::*;
@@ -346,9 +346,7 @@ pub extern "C" fn bit_ttt_eval_nll(
     out_tokens: *mut usize,
 ) -> bit_ttt_status {
     with_session(session, |sess, _| {
-        if out_nll.is_null() {
-            return Err(FfiError::null("out_nll"));
-        }
+        out_ptr(out_nll, "out_nll")?;
         let text = str_in(text, text_len, "text")?;
         let s = sess.score(text)?;
         if !out_tokens.is_null() {

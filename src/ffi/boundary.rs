@@ -61,6 +61,15 @@ pub(crate) fn write_out<T>(out: *mut T, value: T) -> FfiResult {
     Ok(())
 }
 
+/// An out-pointer the caller must give (a handle's or a value's), or NULL_POINTER naming it;
+/// checked before the work, so a NULL costs nothing.
+pub(crate) fn out_ptr<T>(ptr: *mut T, what: &str) -> FfiResult<*mut T> {
+    if ptr.is_null() {
+        return Err(FfiError::null(what));
+    }
+    Ok(ptr)
+}
+
 /// Borrows a handle, or NULL_POINTER naming it.
 pub(crate) fn handle<'a, T>(ptr: *const T, what: &str) -> FfiResult<&'a T> {
     // SAFETY: a non-NULL handle was produced by this library (Box::into_raw) and is valid until

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use super::boundary::{call, handle, out_struct, params, write_out};
+use super::boundary::{call, handle, out_ptr, out_struct, params, write_out};
 use super::generate::{bit_ttt_generate_params, bit_ttt_generate_result, result_out};
 use super::session::{SessionShared, bit_ttt_session, shared};
 use super::status::*;
@@ -62,9 +62,7 @@ pub(crate) fn spawn(
         Err(e) => return call(|| Err(e)),
     };
     let status = call(|| {
-        if out_job.is_null() {
-            return Err(FfiError::null("out_job"));
-        }
+        out_ptr(out_job, "out_job")?;
         if s.poisoned.load(Ordering::SeqCst) {
             return Err(FfiError::new(
                 BIT_TTT_POISONED,
@@ -184,9 +182,7 @@ pub extern "C" fn bit_ttt_job_poll(
 ) -> bit_ttt_status {
     call(|| {
         let j = handle(job, "job")?;
-        if out_done.is_null() {
-            return Err(FfiError::null("out_done"));
-        }
+        out_ptr(out_done, "out_done")?;
         let mut st = j.shared.state.lock();
         text_out(&st.pending, buf, cap, out_len)?;
         st.pending.clear();
@@ -204,9 +200,7 @@ pub extern "C" fn bit_ttt_job_wait(
 ) -> bit_ttt_status {
     call(|| {
         let j = handle(job, "job")?;
-        if out_done.is_null() {
-            return Err(FfiError::null("out_done"));
-        }
+        out_ptr(out_done, "out_done")?;
         let deadline =
             (timeout_ms >= 0).then(|| Instant::now() + Duration::from_millis(timeout_ms as u64));
         let mut st = j.shared.state.lock();

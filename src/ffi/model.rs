@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::ffi::c_char;
 use std::sync::Arc;
 
-use super::boundary::{call, handle, out_struct, versioned_params, write_out};
+use super::boundary::{call, handle, out_ptr, out_struct, versioned_params, write_out};
 use super::status::*;
 use super::strings::{bit_ttt_string, bytes_in, path_in, slice_in, str_in, string_in};
 use crate::Isa;
@@ -169,6 +169,17 @@ fn boxed(model: Model, out_model: *mut *mut bit_ttt_model) -> FfiResult {
     write_out(out_model, Box::into_raw(Box::new(bit_ttt_model { model })))
 }
 
+/// The Rust model params of a C params struct (any size this library knows; NULL = defaults).
+fn model_params(params: *const bit_ttt_model_params) -> FfiResult<crate::ModelParams> {
+    versioned_params(
+        params,
+        "bit_ttt_model_params",
+        bit_ttt_model_params::defaults,
+        &[MODEL_PARAMS_V1, MODEL_PARAMS_V2],
+    )?
+    .into_rust()
+}
+
 /// Loads a Hugging Face model folder (UTF-8 path). `params` may be NULL for defaults.
 #[unsafe(no_mangle)]
 pub extern "C" fn bit_ttt_model_load(
@@ -178,17 +189,9 @@ pub extern "C" fn bit_ttt_model_load(
     out_model: *mut *mut bit_ttt_model,
 ) -> bit_ttt_status {
     call(|| {
-        if out_model.is_null() {
-            return Err(FfiError::null("out_model"));
-        }
+        out_ptr(out_model, "out_model")?;
         let path = path_in(path, path_len)?;
-        let p = versioned_params(
-            params,
-            "bit_ttt_model_params",
-            bit_ttt_model_params::defaults,
-            &[MODEL_PARAMS_V1, MODEL_PARAMS_V2],
-        )?;
-        boxed(Model::load(path, &p.into_rust()?)?, out_model)
+        boxed(Model::load(path, &model_params(params)?)?, out_model)
     })
 }
 
@@ -202,22 +205,14 @@ pub extern "C" fn bit_ttt_model_load_memory(
     out_model: *mut *mut bit_ttt_model,
 ) -> bit_ttt_status {
     call(|| {
-        if out_model.is_null() {
-            return Err(FfiError::null("out_model"));
-        }
+        out_ptr(out_model, "out_model")?;
         let mut map = BTreeMap::new();
         for f in slice_in(files, n_files, "files")? {
             let name = str_in(f.name, f.name_len, "files[].name")?;
             let data = bytes_in(f.data.cast(), f.data_len, "files[].data")?;
             map.insert(name.to_string(), Arc::new(data.to_vec()));
         }
-        let p = versioned_params(
-            params,
-            "bit_ttt_model_params",
-            bit_ttt_model_params::defaults,
-            &[MODEL_PARAMS_V1, MODEL_PARAMS_V2],
-        )?;
-        boxed(Model::load_memory(map, &p.into_rust()?)?, out_model)
+        boxed(Model::load_memory(map, &model_params(params)?)?, out_model)
     })
 }
 

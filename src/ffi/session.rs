@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 
-use super::boundary::{call, call_with, handle, out_struct, versioned_params, write_out};
+use super::boundary::{call, call_with, handle, out_ptr, out_struct, versioned_params, write_out};
 use super::model::{bit_ttt_memory_estimate, bit_ttt_model};
 use super::status::*;
 use super::strings::{bit_ttt_string, path_in, string_in};
@@ -199,9 +199,7 @@ pub extern "C" fn bit_ttt_session_new(
     out_session: *mut *mut bit_ttt_session,
 ) -> bit_ttt_status {
     call(|| {
-        if out_session.is_null() {
-            return Err(FfiError::null("out_session"));
-        }
+        out_ptr(out_session, "out_session")?;
         let m = &handle(model, "model")?.model;
         let session = Session::new(m, &session_params(params)?)?;
         let shared = Arc::new(SessionShared {

@@ -136,7 +136,7 @@ def expand_use_tree(s):
                         res.extend(prefix + q for q in expand_use_tree(p))
                 return res
             depth += 1
-    return [re.sub(r"as\w+$", "", s) if "as" in s and not s.endswith("as") else s]
+    return [s]  # callers strip `as` aliases before expanding
 
 
 def inline_modules(text):

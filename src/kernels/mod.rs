@@ -208,7 +208,8 @@ impl Kernels {
     /// The table for `isa`, built on first use. The caller has checked `isa.is_supported()`
     /// (`Isa::select` does); an unsupported ISA gets the portable table, never a crash.
     pub fn of(isa: Isa) -> &'static Kernels {
-        static TABLES: [OnceLock<Kernels>; Isa::ALL.len()] = [const { OnceLock::new() }; 5];
+        static TABLES: [OnceLock<Kernels>; Isa::ALL.len()] =
+            [const { OnceLock::new() }; Isa::ALL.len()];
         let i = Isa::ALL.iter().position(|&k| k == isa).expect("in ALL");
         TABLES[i].get_or_init(|| {
             if isa.is_supported() {

@@ -33,6 +33,21 @@ pub struct Transformer {
     float_activations: bool,
 }
 
+/// ContextFull unless `n` more tokens fit in the cache.
+fn check_room(cache: &KvCache, n: usize) -> Result<()> {
+    if cache.len() + n > cache.capacity() {
+        return Err(Error::new(
+            crate::ErrorKind::ContextFull,
+            format!(
+                "{n} tokens after {} do not fit in a context of {}",
+                cache.len(),
+                cache.capacity()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn norm_rows(kernels: &Kernels, x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
     let mut out = vec![0.0; x.len()];
     // Rows are independent: a prompt's are normed in parallel, 16 to a task.
@@ -174,17 +189,7 @@ impl Transformer {
         if n == 0 {
             return Err(Error::invalid_argument("forward: no tokens"));
         }
-        if cache.len() + n > cache.capacity() {
-            return Err(Error::new(
-                crate::ErrorKind::ContextFull,
-                format!(
-                    "{} tokens after {} do not fit in a context of {}",
-                    n,
-                    cache.len(),
-                    cache.capacity()
-                ),
-            ));
-        }
+        check_room(cache, n)?;
         let x = self.embed(tokens)?;
         if let Some(tape) = tape.as_deref_mut() {
             tape.start = cache.len();
@@ -203,17 +208,7 @@ impl Transformer {
         x: Vec<f32>,
         first: usize,
     ) -> Result<Vec<f32>> {
-        let n = x.len() / self.weights.config.hidden_size;
-        if cache.len() + n > cache.capacity() {
-            return Err(Error::new(
-                crate::ErrorKind::ContextFull,
-                format!(
-                    "{n} tokens after {} do not fit in a context of {}",
-                    cache.len(),
-                    cache.capacity()
-                ),
-            ));
-        }
+        check_room(cache, x.len() / self.weights.config.hidden_size)?;
         self.layers_from(cache, x, first, None, None)
     }
 
